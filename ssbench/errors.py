@@ -1,0 +1,31 @@
+"""Errors a user can fix. The CLI prints their message as one line and exits with code 2."""
+from __future__ import annotations
+
+
+class SsbenchError(Exception):
+    """Base class: the message is the whole story, shown to the user without a traceback."""
+
+
+class UnknownNameError(SsbenchError, KeyError):
+    def __init__(self, kind: str, name: str, choices: list[str]) -> None:
+        self.kind, self.name, self.choices = kind, name, choices
+        super().__init__(f"unknown {kind} {name!r}; choose from: {', '.join(choices)}")
+
+    def __str__(self) -> str:  # KeyError would add quotes around the message
+        return self.args[0]
+
+
+class DataNotFoundError(SsbenchError):
+    """A data set is not on disk and cannot be downloaded."""
+
+
+class CheckpointError(SsbenchError):
+    """A checkpoint is missing, corrupt, or belongs to another architecture / rule / task."""
+
+
+class SpecError(SsbenchError):
+    """A recipe or command-line configuration does not validate."""
+
+
+class RunNotFoundError(SsbenchError):
+    """No run with that id in the results store."""

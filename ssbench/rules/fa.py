@@ -1,0 +1,24 @@
+"""Feedback alignment (Lillicrap et al. 2016): B = R, a fixed random tensor.
+
+R is drawn at conversion and scaled to ||R|| = ||W_0||, the norm of the *converted* (pretrained)
+weight: drawing it with a fresh init scale instead (BioTorch: xavier) gives pseudo-gradients whose
+size has nothing to do with the pretrained network's and can blow up by orders of magnitude.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ssbench.rules.base import RULES, Rule, draw_normal
+
+
+@RULES.register("fa", help="feedback alignment, fixed random B scaled to ||W||")
+class FeedbackAlignment(Rule):
+    name = "fa"
+
+    def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
+        r = draw_normal(weight.shape, weight, gen)
+        return r * (weight.detach().norm() / r.norm())
+
+    def feedback(self, layer) -> Tensor:  # noqa: ANN001
+        return layer.feedback_state

@@ -1,0 +1,19 @@
+"""Uniform sign-concordant feedback (Liao et al. 2016; Xiao et al. 2018): B = s * sign(W).
+
+s = rms(W) of the current weight, so ||B|| = ||W|| (for W without zeros) at every step: the rule
+stays stateless and its scale follows the converted W, whatever W's init was.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+
+from ssbench.rules.base import RULES, Rule, rms
+
+
+@RULES.register("usf", help="uniform sign-concordant feedback, B = rms(W) sign(W)")
+class UniformSignFeedback(Rule):
+    name = "usf"
+
+    def feedback(self, layer) -> Tensor:  # noqa: ANN001
+        w = layer.weight.detach()
+        return w.sign() * rms(w)

@@ -1,0 +1,155 @@
+"""Typed, validated configuration: recipe -> spec -> job.
+
+Every job (pretrain, finetune, attack, analysis) is described by one pydantic object; the CLI and
+recipes build these objects and nothing else. Unknown keys are errors (``extra="forbid"``) so a typo
+in a recipe fails loudly instead of silently using a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RULE_NAMES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "ifa")
+RuleName = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "ifa"]
+GradientMode = Literal["feedback", "exact", "transfer"]
+GRADIENT_MODES: tuple[GradientMode, ...] = ("feedback", "exact", "transfer")
+
+
+class Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSpec(Spec):
+    """Which data set, which classes, and how train is split into train/val."""
+
+    name: str = "fashion-mnist"
+    data_dir: Path | None = None
+    classes: tuple[int, ...] | None = Field(
+        default=None, description="class subset; labels are remapped to 0..k-1 in the given order"
+    )
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    train_limit: int | None = Field(default=None, ge=1, description="subsample train (after the split)")
+    test_limit: int | None = Field(default=None, ge=1, description="subsample test, stratified, fixed seed")
+    image_size: int | None = Field(default=None, ge=8, description="resize images (e.g. 224 for ImageNet backbones)")
+    channels: int | None = Field(default=None, description="force 1 or 3 channels (grey -> RGB for torchvision models)")
+    augment: bool = False
+    download: bool = True
+
+
+class ModelSpec(Spec):
+    name: str = "lenet"
+    pretrained: bool = Field(default=False, description="torchvision ImageNet weights (needs a network)")
+    hidden: tuple[int, ...] | None = Field(default=None, description="hidden widths for the mlp model")
+
+
+class RuleSpec(Spec):
+    name: RuleName = "bp"
+    theta: float | None = Field(default=None, ge=0.0, le=180.0, description="ifa: initial angle(W, B) in degrees")
+    seed: int | None = Field(default=None, description="seed of the feedback weights; default: the run seed")
+    skip: tuple[str, ...] = Field(default=(), description="module names (fnmatch patterns) kept exact")
+
+    @model_validator(mode="after")
+    def _theta_only_for_ifa(self) -> RuleSpec:
+        if self.theta is not None and self.name != "ifa":
+            raise ValueError(f"theta is an ifa option, not one of rule {self.name!r}")
+        return self
+
+
+class OptimSpec(Spec):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    head_lr: float | None = Field(default=None, gt=0, description="learning rate of the classifier head")
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(default=0.0, ge=0)
+    scheduler: Literal["none", "cosine", "step", "multistep"] = "none"
+    step_size: int = Field(default=30, ge=1)
+    milestones: tuple[int, ...] = ()
+    gamma: float = Field(default=0.1, gt=0)
+
+
+class HashSpec(Spec):
+    bits: int = Field(default=32, ge=4, le=1024)
+    loss: Literal["csq", "dpsh"] = "csq"
+    quantization_weight: float = Field(default=1e-4, ge=0)
+
+
+class TrainSpec(Spec):
+    """A pretrain or finetune job."""
+
+    kind: Literal["pretrain", "finetune"] = "pretrain"
+    task: Literal["classification", "hashing"] = "classification"
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    rule: RuleSpec = RuleSpec()
+    optim: OptimSpec = OptimSpec()
+    hashing: HashSpec | None = None
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=512, ge=1)
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    select: Literal["best", "last"] = Field(default="best", description="which checkpoint the run exports (val accuracy)")
+    source: str | None = Field(default=None, description="finetune: checkpoint path or run id to start from")
+    reset_head: bool | None = Field(default=None, description="new head; default: when the class count changes")
+    track_alignment: bool = True
+    track_grad_alignment: bool = False
+    recipe: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSpec:
+        if self.kind == "pretrain" and self.rule.name != "bp":
+            # Not forbidden by physics, but pretraining means BP in every paper we reproduce.
+            pass
+        if self.kind == "finetune" and not self.source and not self.model.pretrained:
+            raise ValueError("finetune needs a source (checkpoint path or run id) or model.pretrained=true")
+        if self.task == "hashing" and self.hashing is None:
+            object.__setattr__(self, "hashing", HashSpec())
+        return self
+
+
+EpsPreset = Literal["paper", "wide", "cifar", "hashing"]
+
+
+class AttackSpec(Spec):
+    """An attack job against one trained run."""
+
+    target: str = Field(description="run id (or checkpoint path) of the model to attack")
+    suite: Literal["whitebox", "blackbox", "hashing", "all"] = "whitebox"
+    attacks: tuple[str, ...] | None = Field(default=None, description="subset of the suite's attacks")
+    modes: tuple[GradientMode, ...] = ("feedback", "exact")
+    eps: tuple[float, ...] | EpsPreset = "paper"
+    n_examples: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    steps: int | None = Field(default=None, ge=1, description="iterations of iterative attacks (default per attack)")
+    surrogate: str | None = Field(default=None, description="transfer mode: run id of the BP surrogate")
+    seed: int = 0
+    device: str = "auto"
+    recipe: str | None = None
+    tags: tuple[str, ...] = ()
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_modes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("modes repeat")
+        return v
+
+
+def resolve_eps(eps: tuple[float, ...] | str) -> tuple[float, ...]:
+    """Named epsilon grids (pixel space, inputs in [0, 1])."""
+    if not isinstance(eps, str):
+        return tuple(sorted(set(float(e) for e in eps)))
+    presets = {
+        "paper": tuple(round(0.01 * i, 2) for i in range(11)),  # BioTorch: 0..0.1 step 0.01
+        "wide": (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
+        "cifar": tuple(e / 255 for e in (0, 1, 2, 4, 8, 16)),
+        "hashing": (0.0, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1),
+    }
+    return presets[eps]
