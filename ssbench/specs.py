@@ -79,9 +79,9 @@ class HashSpec(Spec):
 
 
 class TrainSpec(Spec):
-    """A pretrain or finetune job."""
+    """A training job: `pretrain` (BP backbone), `finetune` (rule, from a source), `train` (rule, from scratch)."""
 
-    kind: Literal["pretrain", "finetune"] = "pretrain"
+    kind: Literal["pretrain", "finetune", "train"] = "pretrain"
     task: Literal["classification", "hashing"] = "classification"
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -105,10 +105,11 @@ class TrainSpec(Spec):
     @model_validator(mode="after")
     def _check(self) -> TrainSpec:
         if self.kind == "pretrain" and self.rule.name != "bp":
-            # Not forbidden by physics, but pretraining means BP in every paper we reproduce.
-            pass
+            raise ValueError("pretrain is backprop; train a rule from scratch with kind 'train'")
         if self.kind == "finetune" and not self.source and not self.model.pretrained:
             raise ValueError("finetune needs a source (checkpoint path or run id) or model.pretrained=true")
+        if self.kind != "finetune" and self.source:
+            raise ValueError(f"source is a finetune option, not one of {self.kind!r}")
         if self.task == "hashing" and self.hashing is None:
             object.__setattr__(self, "hashing", HashSpec())
         return self

@@ -27,7 +27,9 @@ def layer_generator(seed: int, layer_index: int, step: int = 0) -> torch.Generat
 
 
 def draw_normal(shape: torch.Size, like: Tensor, gen: torch.Generator) -> Tensor:
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+    """N(0, 1) draw on the CPU generator (same numbers on any device), in like's float precision."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.randn(shape, generator=gen, dtype=dtype).to(device=like.device, dtype=like.dtype)
 
 
 class Rule:

@@ -1,0 +1,36 @@
+# Two entry points (see README): `make quickstart` and `make test`. Both set up everything.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SSBENCH := $(VENV)/bin/ssbench
+
+.PHONY: setup data quickstart test bench clean
+
+$(PY):
+	$(shell command -v $(PYTHON) >/dev/null 2>&1 && echo $(PYTHON) || echo python3) -m venv $(VENV)
+
+# torch/torchvision pinned: the CPU torch wheel has no working torchvision here (constraints.txt)
+setup: $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+
+# Fashion-MNIST ships as a Debian package; elsewhere ssbench downloads it with torchvision.
+data:
+	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "note: /usr/share/datasets/fashion-mnist missing; ssbench will try torchvision's download"; fi; \
+	fi
+
+quickstart: setup data
+	$(SSBENCH) run recipes/quickstart.yaml
+
+test: setup data
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench: setup data
+	$(PY) benchmarks/rules_step.py
+	$(PY) benchmarks/attack_sweep.py
+
+clean:
+	rm -rf $(VENV) ssbench-results .pytest_cache

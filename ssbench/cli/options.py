@@ -1,0 +1,44 @@
+"""Options shared by several commands (one definition each, so help texts agree)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ssbench.errors import SpecError
+
+Db = Annotated[
+    str | None,
+    typer.Option("--db", envvar="SSBENCH_DB", help="SQLAlchemy URL of the results store [default: sqlite:///./ssbench-results/results.db]"),
+]
+Device = Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda, cuda:N")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+
+
+def parse_classes(text: str | None) -> tuple[int, ...] | None:
+    """'0-4' -> (0,1,2,3,4); '5,7,9' -> (5,7,9); combinations like '0-2,7' work too."""
+    if text is None or not text.strip():
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise SpecError(f"--classes {text!r}: use a range like 0-4 or a list like 5,6,7") from None
+    if len(set(out)) != len(out):
+        raise SpecError(f"--classes {text!r} repeats a class")
+    return tuple(out)
+
+
+def parse_floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpecError(f"{text!r} is not a comma-separated list of numbers") from None

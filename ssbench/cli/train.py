@@ -1,0 +1,120 @@
+"""`ssbench pretrain | train | finetune`: build a TrainSpec from options and run it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+
+from ssbench.cli.options import Db, Device, Quiet, parse_classes
+from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
+
+Kind = Literal["pretrain", "train", "finetune"]
+
+_HELP = {
+    "pretrain": (
+        "Train a backbone with backpropagation (BP) from scratch.\n\n"
+        "Example (the offline transfer task): ssbench pretrain --dataset fashion-mnist --classes 0-4 --epochs 3"
+    ),
+    "train": (
+        "Train a network from scratch with a learning rule (the BioTorch / IFA setting).\n\n"
+        "Example: ssbench train --rule ifa --theta 30 --model mlp --epochs 5"
+    ),
+    "finetune": (
+        "Fine-tune a pretrained network with a learning rule.\n\n"
+        "--from takes a run id (see `ssbench runs`) or a checkpoint path. The forward weights are "
+        "kept; the rule only changes which tensor carries the error backward "
+        "(bp: W, fa: fixed random, usf: rms(W) sign(W), frsf: |R| sign(W), brsf: |R_t| sign(W) redrawn per "
+        "step, ifa: fixed B at angle --theta to W, dfa: B_l e broadcast from the output).\n\n"
+        "Example: ssbench finetune --from 1 --rule frsf --classes 5-9 --epochs 2"
+    ),
+}
+
+
+def _resolve_model(kind: Kind, model: str | None, source: str | None, db: str | None) -> str:
+    if model is not None:
+        return model
+    if kind == "finetune" and source is not None:
+        from ssbench.store import open_store
+        from ssbench.training.checkpoint import read_checkpoint, resolve_checkpoint
+
+        path, _, _ = resolve_checkpoint(open_store(db), source)
+        return str(read_checkpoint(path)["meta"]["model"]["name"])
+    return "lenet"
+
+
+def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned function's signature)
+    is_pretrain = kind == "pretrain"  # BP only: rule options hidden
+    not_finetune = kind != "finetune"
+
+    def command(
+        dataset: Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet")] = "fashion-mnist",
+        data_dir: Annotated[Path | None, typer.Option(help="folder with the data set's files (default: Debian's /usr/share/datasets, then ~/.cache/ssbench/data)")] = None,
+        classes: Annotated[str | None, typer.Option(help="class subset, e.g. 0-4 or 5,6,7 (labels remapped to 0..k-1)")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m", help="lenet, lenet-cifar, mlp, resnet20, resnet56, or a torchvision name (resnet18, vgg16, alexnet)" + (" [default: the source's]" if kind == "finetune" else " [default: lenet]"))] = None,
+        hidden: Annotated[str | None, typer.Option(help="mlp hidden widths, e.g. 256,256")] = None,
+        torchvision_weights: Annotated[bool, typer.Option("--torchvision-weights", help="start from torchvision's ImageNet weights (needs a network)")] = False,
+        rule: Annotated[str, typer.Option("--rule", "-r", hidden=is_pretrain, help="bp, fa, dfa, usf, frsf, brsf, ifa")] = "bp",
+        theta: Annotated[float | None, typer.Option(hidden=is_pretrain, help="ifa: initial angle between W and B, degrees (0 = BP at start, 90 = FA)")] = None,
+        source: Annotated[str | None, typer.Option("--from", hidden=not_finetune, help="run id or checkpoint path to fine-tune")] = None,
+        task: Annotated[str, typer.Option(help="classification or hashing")] = "classification",
+        bits: Annotated[int, typer.Option(help="hashing: code length")] = 32,
+        hash_loss: Annotated[str, typer.Option(help="hashing: csq (hash centers) or dpsh (pairwise)")] = "csq",
+        epochs: Annotated[int, typer.Option("--epochs", "-e", min=1)] = 3,
+        batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 128,
+        optimizer: Annotated[str, typer.Option(help="sgd, adam, adamw")] = "sgd",
+        lr: Annotated[float, typer.Option(help="learning rate (backbone)")] = 0.01,
+        head_lr: Annotated[float | None, typer.Option(help="learning rate of the classifier head [default: --lr]")] = None,
+        momentum: Annotated[float, typer.Option()] = 0.9,
+        weight_decay: Annotated[float, typer.Option()] = 0.0,
+        scheduler: Annotated[str, typer.Option(help="none, cosine, step, multistep")] = "none",
+        seed: Annotated[int, typer.Option("--seed", "-s")] = 0,
+        deterministic: Annotated[bool, typer.Option(help="deterministic kernels (slower)")] = False,
+        val_fraction: Annotated[float, typer.Option(help="share of train held out to choose the checkpoint")] = 0.1,
+        train_limit: Annotated[int | None, typer.Option(help="use only N training images (quick runs)")] = None,
+        test_limit: Annotated[int | None, typer.Option(help="evaluate on N test images (stratified, fixed)")] = None,
+        image_size: Annotated[int | None, typer.Option(help="resize images (e.g. 32 for CIFAR models on 28px data)")] = None,
+        channels: Annotated[int | None, typer.Option(help="force 1 or 3 channels")] = None,
+        select: Annotated[str, typer.Option(help="best (on validation) or last epoch")] = "best",
+        reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: when the class count changes]")] = None,
+        track_grad_alignment: Annotated[bool, typer.Option(help="per epoch, angle between the rule's weight update and the true gradient")] = False,
+        tag: Annotated[list[str] | None, typer.Option(help="label the run (repeatable)")] = None,
+        device: Device = "auto",
+        db: Db = None,
+        quiet: Quiet = False,
+    ) -> None:
+        from ssbench.store import open_store
+        from ssbench.training import run_training
+
+        if kind == "pretrain" and rule != "bp":
+            from ssbench.errors import SpecError
+
+            raise SpecError("pretrain is backprop; use `ssbench train --rule R` to train a rule from scratch")
+        spec = TrainSpec(
+            kind=kind,
+            task=task,  # type: ignore[arg-type]
+            data=DataSpec(
+                name=dataset, data_dir=data_dir, classes=parse_classes(classes), val_fraction=val_fraction,
+                train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
+            ),
+            model=ModelSpec(
+                name=_resolve_model(kind, model, source, db), pretrained=torchvision_weights,
+                hidden=tuple(int(h) for h in hidden.split(",")) if hidden else None,
+            ),
+            rule=RuleSpec(name=rule, theta=theta),  # type: ignore[arg-type]
+            optim=OptimSpec(name=optimizer, lr=lr, head_lr=head_lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler),  # type: ignore[arg-type]
+            hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
+            epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
+            select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
+            track_grad_alignment=track_grad_alignment, tags=tuple(tag or ()),
+        )
+        run_training(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
+
+    command.__doc__ = _HELP[kind]
+    return command
+
+
+def register(app: typer.Typer) -> None:
+    for kind in ("pretrain", "finetune", "train"):
+        app.command(kind)(make_command(kind))  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+"""The loaded data set handed to training and attacks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch.utils.data import Dataset
+
+
+@dataclass
+class DataBundle:
+    """Train / val / test splits plus what a model needs to know about the inputs.
+
+    Splits yield ``(float image C x H x W in [0, 1], int label)``. ``val`` is None when
+    ``val_fraction`` is 0. ``mean``/``std`` are per-channel statistics of the train split (for
+    :class:`ssbench.models.Normalized`). ``image_size`` is the side of the (square) images served.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str] = field(default_factory=list)

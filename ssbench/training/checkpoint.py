@@ -1,0 +1,159 @@
+"""Checkpoints: what a trained model is (architecture, rule, task, normalisation) plus its weights.
+
+Files hold only tensors and plain containers, so they load with ``torch.load(weights_only=True)``
+(no pickled code runs). Writes are atomic (temp file + rename): a crash never leaves half a file.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ssbench.errors import CheckpointError
+from ssbench.models import Normalized, build_model
+from ssbench.rules import convert, rule_config
+from ssbench.specs import ModelSpec, TrainSpec
+
+if TYPE_CHECKING:
+    from ssbench.store import Store
+
+FORMAT = "ssbench-checkpoint/1"
+_RULE_KEYS = ("feedback_state", "feedback_step")
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything needed to rebuild the network a checkpoint's weights belong to."""
+
+    model: dict[str, Any]
+    num_classes: int
+    in_channels: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    task: str
+    rule: dict[str, Any] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta, spec: TrainSpec, *, epoch: int, run_id: int | None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "meta": {**meta.as_dict(), "rule": rule_config(model)},
+        "train_spec": spec.model_dump(mode="json"),
+        "epoch": epoch,
+        "run_id": run_id,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  (any unpickling failure means: not ours / corrupt)
+        raise CheckpointError(f"{path} is not a readable ssbench checkpoint ({type(err).__name__})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an ssbench checkpoint (format {FORMAT} expected)")
+    return payload
+
+
+def build_network(meta: ModelMeta, spec: TrainSpec) -> nn.Module:
+    """The bare architecture of a checkpoint (hash head included), wrapped for [0, 1] inputs."""
+    net = build_model(ModelSpec(**meta.model), num_classes=meta.num_classes, in_channels=meta.in_channels, image_size=meta.image_size)
+    if meta.task == "hashing":
+        from ssbench.training.tasks import make_task
+
+        net = make_task(spec, meta.num_classes).prepare_model(net)
+    return Normalized(net, meta.mean, meta.std)
+
+
+def model_from_checkpoint(
+    payload: dict[str, Any],
+    *,
+    with_rule: bool = True,
+    expect_model: str | None = None,
+    expect_rule: str | None = None,
+    expect_task: str | None = None,
+    source: str = "checkpoint",
+) -> tuple[nn.Module, ModelMeta, TrainSpec]:
+    """Rebuild the model a checkpoint was saved from.
+
+    with_rule=False gives the plain (exact-backprop) network with the forward weights only: the
+    starting point of a fine-tuning run, which then converts it with its own rule.
+    """
+    meta = ModelMeta(**payload["meta"])
+    spec = TrainSpec.model_validate(payload["train_spec"])
+    arch = meta.model["name"]
+    if expect_model is not None and expect_model.lower() != arch.lower():
+        raise CheckpointError(f"{source} holds a {arch} model, not {expect_model}")
+    stored_rule = (meta.rule or {}).get("name", "bp") if meta.rule else "bp"
+    if expect_rule is not None and expect_rule != stored_rule:
+        raise CheckpointError(f"{source} was trained with rule {stored_rule}, not {expect_rule}")
+    if expect_task is not None and expect_task != meta.task:
+        raise CheckpointError(f"{source} is a {meta.task} model, not {expect_task}")
+    model = build_network(meta, spec)
+    state = payload["state_dict"]
+    if with_rule and meta.rule:
+        convert(model, meta.rule["name"], seed=int(meta.rule.get("seed", 0)), theta=meta.rule.get("theta"))
+    else:
+        state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _RULE_KEYS}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(f"{source} does not fit a {arch} ({first[0] if first else err})") from err
+    return model, meta, spec
+
+
+@dataclass
+class TrainedModel:
+    """A trained run, ready to evaluate or attack: inputs in [0, 1], eval mode, on its device."""
+
+    model: nn.Module
+    spec: TrainSpec
+    meta: ModelMeta
+    run: Any | None  # store Run row, when the model came from the results store
+    path: Path
+
+
+def resolve_checkpoint(store: Store | None, ref: int | str, tag: str | None = None) -> tuple[Path, Any | None, str]:
+    """(checkpoint path, run row or None, how to name it in errors) for a run id or a file path."""
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        if store is None:
+            raise CheckpointError("a run id needs a results store")
+        run = store.get_run(int(ref))
+        if run.kind not in ("pretrain", "finetune", "train"):
+            raise CheckpointError(f"run {run.id} is a {run.kind} run, not a trained model")
+        if run.status != "finished":
+            raise CheckpointError(f"run {run.id} is {run.status}; only finished runs have a final checkpoint")
+        chosen = tag or (run.summary or {}).get("selected", "best")
+        return Path(store.checkpoint(run.id, chosen).path), run, f"run {run.id}"
+    return Path(ref), None, str(ref)
+
+
+def load_trained(store: Store | None, ref: int | str, device: torch.device | str = "cpu", *, tag: str | None = None) -> TrainedModel:
+    """Load a run's exported checkpoint by run id, or a checkpoint file by path."""
+    path, run, source = resolve_checkpoint(store, ref, tag)
+    payload = read_checkpoint(path)
+    if run is None and store is not None and payload.get("run_id") is not None:
+        try:
+            run = store.get_run(int(payload["run_id"]))
+        except Exception:  # noqa: BLE001  (a checkpoint copied from another store is still usable)
+            run = None
+    model, meta, spec = model_from_checkpoint(payload, source=source)
+    model.to(device).eval()
+    return TrainedModel(model=model, spec=spec, meta=meta, run=run, path=path)

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssbench.data import (
+    DATASETS,
+    TensorImageDataset,
+    load_data,
+    make_loader,
+    read_idx,
+    stratified_sample,
+    train_val_split,
+)
+from ssbench.data.sources import DEBIAN_FASHION_MNIST
+from ssbench.data.tensor_dataset import Augment, random_crop_flip
+from ssbench.errors import DataNotFoundError, SpecError, SsbenchError
+from ssbench.specs import DataSpec
+
+
+def write_idx(path: Path, array: np.ndarray, code: int, gz: bool) -> None:
+    """Independent IDX writer following the format spec (big-endian header)."""
+    header = bytes([0, 0, code, array.ndim]) + b"".join(struct.pack(">I", s) for s in array.shape)
+    big = array.astype(array.dtype.newbyteorder(">"))
+    payload = header + big.tobytes()
+    (gzip.open if gz else open)(path, "wb").write(payload)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_roundtrip(tmp_path: Path, gz: bool) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(5, 3, 4), dtype=np.uint8)
+    p = tmp_path / ("x.idx" + (".gz" if gz else ""))
+    write_idx(p, images, 0x08, gz)
+    np.testing.assert_array_equal(read_idx(p), images)
+    ints = rng.integers(-1000, 1000, size=(7,), dtype=np.int32)
+    q = tmp_path / "y.idx"
+    write_idx(q, ints, 0x0C, False)
+    np.testing.assert_array_equal(read_idx(q), ints)
+
+
+def test_read_idx_rejects_garbage(tmp_path: Path) -> None:
+    p = tmp_path / "bad"
+    p.write_bytes(b"\x01\x02\x03\x04hello")
+    with pytest.raises(DataNotFoundError):
+        read_idx(p)
+
+
+def _fake_fashion(folder: Path, n_train: int = 40, n_test: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    ytr = np.arange(n_train, dtype=np.uint8) % 10
+    yte = np.arange(n_test, dtype=np.uint8) % 10
+    xtr = rng.integers(0, 256, size=(n_train, 28, 28), dtype=np.uint8)
+    xte = rng.integers(0, 256, size=(n_test, 28, 28), dtype=np.uint8)
+    write_idx(folder / "train-images-idx3-ubyte.gz", xtr, 0x08, True)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", ytr, 0x08, True)
+    write_idx(folder / "t10k-images-idx3-ubyte", xte, 0x08, False)
+    write_idx(folder / "t10k-labels-idx1-ubyte", yte, 0x08, False)
+    return xtr, ytr
+
+
+def test_fashion_from_data_dir_and_remap(tmp_path: Path) -> None:
+    xtr, ytr = _fake_fashion(tmp_path / "fm")
+    b = load_data(DataSpec(name="fashion-mnist", data_dir=tmp_path / "fm", classes=(7, 2), val_fraction=0.0, download=False))
+    assert b.num_classes == 2 and b.class_names == ["Sneaker", "Pullover"]
+    keep = np.nonzero((ytr == 7) | (ytr == 2))[0]
+    assert len(b.train) == len(keep)
+    # class 7 -> 0, class 2 -> 1; images keep their pixels (scaled to [0, 1])
+    for j, i in enumerate(keep):
+        x, y = b.train[j]
+        assert y == (0 if ytr[i] == 7 else 1)
+        torch.testing.assert_close(x[0], torch.from_numpy(xtr[i]).float() / 255)
+    # mean/std of the subset's train images, computed independently
+    sel = xtr[keep].astype(np.float64) / 255
+    assert b.mean[0] == pytest.approx(sel.mean(), abs=1e-9)
+    assert b.std[0] == pytest.approx(sel.std(), abs=1e-9)
+
+
+def test_class_subset_validation() -> None:
+    for bad in [(10,), (-1,), (1, 1), ()]:
+        with pytest.raises(SpecError):
+            load_data(DataSpec(name="digits", classes=bad))
+
+
+def test_missing_data_dir_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSBENCH_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr("ssbench.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "nope")
+    with pytest.raises(DataNotFoundError) as info:
+        load_data(DataSpec(name="fashion-mnist", data_dir=tmp_path / "missing", download=False))
+    msg = str(info.value)
+    assert "\n" not in msg and "apt-get install dataset-fashion-mnist" in msg and str(tmp_path / "missing") in msg
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(DataNotFoundError) as info:
+            load_data(DataSpec(name=name, download=False))
+        assert "\n" not in str(info.value) and str(tmp_path / "empty" / name) in str(info.value)
+    with pytest.raises(DataNotFoundError):
+        load_data(DataSpec(name="imagenet", data_dir=tmp_path))
+    assert isinstance(info.value, SsbenchError)
+
+
+def test_stratified_split_disjoint_and_sizes() -> None:
+    labels = torch.arange(1000) % 4
+    labels[:100] = 0  # unbalanced: class 0 has 325 rows
+    tr, va = train_val_split(labels, 0.2, seed=3)
+    assert len(va) == 200 and len(tr) == 800
+    assert len(set(tr.tolist()) & set(va.tolist())) == 0
+    assert sorted(tr.tolist() + va.tolist()) == list(range(1000))
+    for c in range(4):  # proportions kept within one row per class
+        assert abs(int((labels[va] == c).sum()) - 0.2 * int((labels == c).sum())) <= 1
+    tr2, va2 = train_val_split(labels, 0.2, seed=3)
+    assert torch.equal(va, va2)
+    assert not torch.equal(va, train_val_split(labels, 0.2, seed=4)[1])
+    sub = stratified_sample(labels, 10, seed=0)
+    assert len(sub) == 10 and len(set(sub.tolist())) == 10
+
+
+def test_digits_bundle_split_limits() -> None:
+    full = load_data(DataSpec(name="digits", val_fraction=0.0))
+    assert (len(full.train), len(full.test), full.image_size, full.in_channels) == (1437, 360, 8, 1)
+    b = load_data(DataSpec(name="digits", val_fraction=0.25, split_seed=1, train_limit=100, test_limit=50))
+    assert len(b.train) == 100 and len(b.test) == 50
+    assert len(b.val) == round(100 * 0.25 / 0.75)
+    # val rows never come from test, never overlap train: compare raw pixels
+    def rows(ds: TensorImageDataset) -> set[bytes]:
+        return {x.numpy().tobytes() + bytes([int(y)]) for x, y in zip(ds.images, ds.labels)}
+    full_test = rows(full.test)
+    assert not (rows(b.val) & rows(b.train)) and not (rows(b.val) & full_test) and not (rows(b.train) & full_test)
+    assert rows(b.test) <= full_test
+    assert torch.bincount(b.test.labels, minlength=10).tolist() == [5] * 10  # stratified
+
+
+def test_resize_and_channels() -> None:
+    b = load_data(DataSpec(name="digits", image_size=16, channels=3, test_limit=20))
+    x, _ = b.test[0]
+    assert x.shape == (3, 16, 16) and b.in_channels == 3 and b.image_size == 16 and len(b.mean) == 3
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_loader_determinism_and_global_rng() -> None:
+    ds = TensorImageDataset(torch.arange(50, dtype=torch.uint8).view(50, 1, 1, 1).repeat(1, 1, 4, 4), torch.arange(50))
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = make_loader(ds, 8, shuffle=True, seed=7)
+    assert len(a) == 7 and len(make_loader(ds, 8, shuffle=True, drop_last=True)) == 6
+    epoch1 = torch.cat([y for _, y in a])
+    epoch2 = torch.cat([y for _, y in a])
+    assert torch.equal(torch.get_rng_state(), before)  # global RNG untouched
+    assert sorted(epoch1.tolist()) == list(range(50))  # a permutation, each row once
+    assert not torch.equal(epoch1, epoch2)  # new permutation each epoch
+    b = make_loader(ds, 8, shuffle=True, seed=7)
+    assert torch.equal(torch.cat([y for _, y in b]), epoch1)
+    assert torch.equal(torch.cat([y for _, y in b]), epoch2)
+    assert not torch.equal(torch.cat([y for _, y in make_loader(ds, 8, shuffle=True, seed=8)]), epoch1)
+    # images travel with their labels and are scaled to [0, 1]
+    for x, y in make_loader(ds, 8, shuffle=True, seed=7):
+        torch.testing.assert_close(x[:, 0, 0, 0], y.float() / 255)
+    # Subsets of a TensorImageDataset are sliced too
+    sub = torch.utils.data.Subset(ds, [3, 5, 9])
+    assert sorted(torch.cat([y for _, y in make_loader(sub, 2, shuffle=True)]).tolist()) == [3, 5, 9]
+
+
+def test_augment_crop_flip_matches_manual() -> None:
+    x = torch.rand(6, 3, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    out = random_crop_flip(x, Augment(pad=2, flip=True), g)
+    g = torch.Generator().manual_seed(0)  # replay the draws
+    oy = torch.randint(0, 5, (6,), generator=g)
+    ox = torch.randint(0, 5, (6,), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.zeros(6, 3, 12, 12)
+    padded[:, :, 2:10, 2:10] = x
+    for i in range(6):
+        ref = padded[i, :, oy[i] : oy[i] + 8, ox[i] : ox[i] + 8]
+        if flip[i]:
+            ref = ref.flip(-1)
+        assert torch.equal(out[i], ref)
+
+
+def test_augment_only_on_train() -> None:
+    b = load_data(DataSpec(name="digits", augment=True, test_limit=20))
+    assert b.train.augment is not None and b.val.augment is None and b.test.augment is None
+
+
+def test_unknown_dataset() -> None:
+    with pytest.raises(SsbenchError, match="fashion-mnist"):
+        load_data(DataSpec(name="nope"))
+    assert {"fashion-mnist", "digits", "mnist", "cifar10", "cifar100", "imagenet"} <= set(DATASETS.names())
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SSBENCH_DATA", str(tmp_path))  # nothing there: falls through to Debian's files
+    b = load_data(DataSpec(name="fashion-mnist", val_fraction=0.0, download=False))
+    assert (len(b.train), len(b.test), b.num_classes) == (60000, 10000, 10)
+    assert torch.bincount(b.train.labels).tolist() == [6000] * 10
+    assert b.mean[0] == pytest.approx(0.2860, abs=1e-3) and b.std[0] == pytest.approx(0.3530, abs=1e-3)
+    t = load_data(DataSpec(name="fashion-mnist", classes=(5, 6, 7, 8, 9), download=False))
+    assert len(t.train) + len(t.val) == 30000 and len(t.test) == 5000 and len(t.val) == 3000
+    assert set(t.test.labels.tolist()) == {0, 1, 2, 3, 4}
