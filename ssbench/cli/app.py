@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from pydantic import ValidationError
 from typer.core import TyperGroup
@@ -21,17 +20,17 @@ def validation_line(err: ValidationError) -> str:
 class SsbenchGroup(TyperGroup):
     """Catches user-fixable errors from any command (sub-apps included) and prints one line."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except SsbenchError as err:
-            click.secho(f"error: {err}", err=True, fg="red")
+            typer.secho(f"error: {err}", err=True, fg="red")
             ctx.exit(2)
         except ValidationError as err:
-            click.secho(f"error: {validation_line(err)}", err=True, fg="red")
+            typer.secho(f"error: {validation_line(err)}", err=True, fg="red")
             ctx.exit(2)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Any) -> list[str]:
         return list(self.commands)  # pipeline order, as registered
 
 

@@ -76,6 +76,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         test_limit: Annotated[int | None, typer.Option(help="evaluate on N test images (stratified, fixed)")] = None,
         image_size: Annotated[int | None, typer.Option(help="resize images (e.g. 32 for CIFAR models on 28px data)")] = None,
         channels: Annotated[int | None, typer.Option(help="force 1 or 3 channels")] = None,
+        download: Annotated[bool, typer.Option(help="let torchvision download a missing data set")] = True,
         select: Annotated[str, typer.Option(help="best (on validation) or last epoch")] = "best",
         reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: when the class count changes]")] = None,
         track_grad_alignment: Annotated[bool, typer.Option(help="per epoch, angle between the rule's weight update and the true gradient")] = False,
@@ -87,6 +88,9 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         from ssbench.store import open_store
         from ssbench.training import run_training
 
+        from ssbench.rules import RULES
+
+        RULES.get(rule)  # unknown rule: one line listing the choices
         if kind == "pretrain" and rule != "bp":
             from ssbench.errors import SpecError
 
@@ -97,6 +101,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
             data=DataSpec(
                 name=dataset, data_dir=data_dir, classes=parse_classes(classes), val_fraction=val_fraction,
                 train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
+                download=download,
             ),
             model=ModelSpec(
                 name=_resolve_model(kind, model, source, db), pretrained=torchvision_weights,

@@ -114,13 +114,15 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
     head_name = head_of(model)[0] if spec.optim.head_lr is not None else None
     opt = build_optimizer(model, spec.optim, head_name)
     sched = build_scheduler(opt, spec.optim, spec.epochs)
-    loader = make_loader(bundle.train, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=len(bundle.train) > spec.batch_size)
+    # hashing trains on the retrieval protocol's class-balanced training set, not all of train
+    train_set = task.train_dataset(bundle) if hasattr(task, "train_dataset") else bundle.train
+    loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=len(train_set) > spec.batch_size)
     select = spec.select if bundle.val is not None else "last"
     grad_batch = None
     if spec.track_grad_alignment:
         from ssbench.analysis.gradient_alignment import gradient_alignment
 
-        grad_batch = next(iter(make_loader(bundle.train, min(256, len(bundle.train)), shuffle=True, seed=spec.seed + 1)))
+        grad_batch = next(iter(make_loader(train_set, min(256, len(train_set)), shuffle=True, seed=spec.seed + 1)))
 
     with store.run(
         spec.kind, config=spec, seed=spec.seed, parent_id=prepared.parent_id, recipe=spec.recipe, tags=spec.tags,
@@ -145,7 +147,7 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    loss_sum += float(loss) * len(y)
+                    loss_sum += float(loss.detach()) * len(y)
                     n += len(y)
                     for k, v in getattr(task, "batch_metrics", lambda *_: {})(out.detach(), y).items():
                         metric_sums[k] = metric_sums.get(k, 0.0) + v * len(y)

@@ -1,0 +1,117 @@
+"""Throughput of ssbench's epsilon sweeps vs a naive torchattacks loop over epsilon.
+
+Model: a BP LeNet trained briefly on Fashion-MNIST (digits 8x8 MLP when Fashion-MNIST is absent).
+Prints images x epsilons per second for FGSM and PGD-40 on the `paper` grid, the speed-up ratio
+(target >= 1.7x) and whether the curves agree: FGSM exactly (deterministic); PGD within one binomial
+std (its random start depends on the batch composition). The naive loop's curve is read with the
+same containment rule (broken at e => broken at e' > e) so both report the same quantity.
+
+    .venv/bin/python benchmarks/attack_sweep.py [--n 500] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+
+from ssbench.attacks import ATTACKS, run_sweep
+from ssbench.specs import resolve_eps
+
+
+def lenet_fashion(device: torch.device, train_n: int = 10000):
+    from ssbench.data import load_data
+    from ssbench.models import Normalized, build_model
+    from ssbench.specs import DataSpec, ModelSpec
+
+    b = load_data(DataSpec(name="fashion-mnist", train_limit=train_n, test_limit=2000))
+    net = Normalized(build_model(ModelSpec(name="lenet"), num_classes=10, in_channels=1, image_size=28), b.mean, b.std)
+    xs = torch.stack([b.train[i][0] for i in range(len(b.train))])
+    ys = torch.tensor([int(b.train[i][1]) for i in range(len(b.train))])
+    xt = torch.stack([b.test[i][0] for i in range(len(b.test))])
+    yt = torch.tensor([int(b.test[i][1]) for i in range(len(b.test))])
+    return net.to(device), xs, ys, xt, yt, "LeNet / Fashion-MNIST"
+
+
+def train(model, x, y, device, epochs: int = 2):
+    torch.manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for _ in range(epochs):
+        p = torch.randperm(len(x))
+        for i in range(0, len(x), 128):
+            j = p[i : i + 128]
+            opt.zero_grad()
+            F.cross_entropy(model(x[j].to(device)), y[j].to(device)).backward()
+            opt.step()
+    return model.eval()
+
+
+def naive(model, make, x, y, grid, batch):
+    """What people write: attack every example at every epsilon with torchattacks."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        alive = model(x).argmax(1) == y
+    curve, raw = [], []
+    for e in grid:
+        torch.manual_seed(0)
+        adv = torch.cat([x[i : i + batch] if e == 0 else make(e)(x[i : i + batch], y[i : i + batch])
+                         for i in range(0, len(x), batch)])
+        with torch.no_grad():
+            ok = model(adv).argmax(1) == y
+        raw.append(float(ok.float().mean()))
+        alive = alive & ok
+        curve.append(float(alive.float().mean()))
+    return curve, raw, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3, help="FGSM timings: best of this many runs")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        model, xs, ys, xt, yt, what = lenet_fashion(device)
+    except Exception as err:  # noqa: BLE001
+        raise SystemExit(f"Fashion-MNIST not available ({err}); install dataset-fashion-mnist") from err
+    model = train(model, xs, ys, device)
+    x, y = xt[: args.n].to(device), yt[: args.n].to(device)
+    grid = list(resolve_eps("paper"))
+    with torch.no_grad():
+        clean = float((model(x).argmax(1) == y).float().mean())
+    print(f"{what}: clean accuracy {clean:.3f} on n={len(x)}; eps grid {grid}")
+    units = len(x) * len(grid)
+    std = math.sqrt(0.25 / len(x))
+    for name, steps, make in (
+        ("fgsm", None, lambda e: torchattacks.FGSM(model, eps=e)),
+        ("pgd", 40, lambda e: torchattacks.PGD(model, eps=e, alpha=2.5 * e / 40, steps=40, random_start=True)),
+    ):
+        attack = ATTACKS.get(name)(steps=steps, seed=0)
+        run_sweep(attack, model, model, x[:64], y[:64], grid[:3], mode="exact")  # warm-up (kernels, threads)
+        naive(model, make, x[:64], y[:64], grid[:3], args.batch)
+        t_fast = t_naive = float("inf")
+        for _ in range(args.repeat if name == "fgsm" else 1):  # best of: the machine is shared
+            t0 = time.perf_counter()
+            fast = run_sweep(attack, model, model, x, y, grid, mode="exact", batch_size=args.batch)
+            t_fast = min(t_fast, time.perf_counter() - t0)
+            curve, raw, t = naive(model, make, x, y, grid, args.batch)
+            t_naive = min(t_naive, t)
+        diff = max(abs(a - b) for a, b in zip(fast.robust(), curve))
+        equal = diff == 0 if name == "fgsm" else diff <= std
+        print(f"\n{name}{'-' + str(steps) if steps else ''}: ssbench {units / t_fast:9.0f} img*eps/s ({t_fast:.2f}s)   "
+              f"naive torchattacks loop {units / t_naive:9.0f} img*eps/s ({t_naive:.2f}s)   ratio {t_naive / t_fast:.2f}x")
+        print(f"  ssbench curve : {' '.join(f'{r:.3f}' for r in fast.robust())}")
+        print(f"  naive (cum.)  : {' '.join(f'{r:.3f}' for r in curve)}")
+        print(f"  naive (raw)   : {' '.join(f'{r:.3f}' for r in raw)}")
+        print(f"  curves equal: {equal} (max |diff| {diff:.4f}; allowed {'0' if name == 'fgsm' else f'{std:.4f} = 1 binomial std'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The attack job: target (+ surrogate) x suite x attacks x gradient modes x epsilons -> store.
+
+Every sweep is one transaction; sanity checks are computed, stored and printed (failures in red).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+
+from ssbench.attacks.base import ATTACKS, Attack, suite_attacks
+from ssbench.attacks.modes import QUERY_MODE, gradient_source
+from ssbench.attacks.sanity import Check, curve_checks, gradient_consistency
+from ssbench.attacks.starting import predict
+from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
+from ssbench.errors import SpecError
+from ssbench.specs import AttackSpec, resolve_eps
+
+CONSISTENCY_EXAMPLES = 64
+
+
+def build_attack(name: str, spec: AttackSpec) -> Attack:
+    cls = ATTACKS.get(name)
+    # --steps is for iterative gradient attacks; query budgets of black-box attacks keep their defaults.
+    steps = spec.steps if (cls.uses_gradients and not cls.single_step) else None
+    return cls(steps=steps, seed=spec.seed)
+
+
+def attack_names(spec: AttackSpec) -> list[str]:
+    suite = suite_attacks(spec.suite)
+    if spec.attacks is None:
+        return suite
+    for name in spec.attacks:
+        ATTACKS.get(name)  # unknown names: one line listing the choices
+        if name.lower() not in suite:
+            raise SpecError(f"attack {name!r} is not in suite {spec.suite!r} ({', '.join(suite)}); use --suite all")
+    return [n.lower() for n in spec.attacks]
+
+
+def find_surrogate(store: Any, target: Any, device: torch.device, ref: str | None) -> Any:
+    """The BP-fine-tuned sibling of the target: named by ``ref``, else the newest finished finetune run
+    with rule bp, the same parent (pretrained backbone) and the same data."""
+    from ssbench.training.checkpoint import load_trained
+
+    if ref is not None:
+        sur = load_trained(store, ref, device)
+    else:
+        parent = getattr(target.run, "parent_id", None)
+        if parent is None:
+            raise SpecError("transfer mode: the target has no parent run to find a BP sibling; pass --surrogate RUN")
+        runs = store.list_runs(kind="finetune", status="finished", rule="bp", parent_id=parent)
+        runs = sorted((r for r in runs if r.id != target.run.id), key=lambda r: r.id, reverse=True)
+        sur = None
+        for r in runs:
+            cand = load_trained(store, r.id, device)
+            if cand.spec.data == target.spec.data:
+                sur = cand
+                break
+        if sur is None:
+            raise SpecError(
+                f"transfer mode: no finished BP fine-tune of parent run {parent} on the same data; "
+                f"run `ssbench finetune --from {parent} --rule bp ...` with the target's data, or pass --surrogate RUN"
+            )
+    if sur.spec.data != target.spec.data:
+        raise SpecError("transfer mode: the surrogate was trained on other data than the target")
+    return sur
+
+
+def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, quiet: bool = False) -> int:
+    """Run one attack job; returns the attack run's id."""
+    from ssbench.data import load_data
+    from ssbench.training.checkpoint import load_trained
+    from ssbench.training.device import resolve_device
+
+    console = console or Console(stderr=True)
+    device = resolve_device(spec.device)
+    target = load_trained(store, spec.target, device)
+    hashing = spec.suite == "hashing" or target.spec.task == "hashing"
+    modes: list[str] = list(spec.modes)
+    surrogate = None
+    if "transfer" in modes or (hashing and spec.surrogate):
+        surrogate = find_surrogate(store, target, device, spec.surrogate)
+
+    run_kw = dict(
+        config=spec, seed=spec.seed, parent_id=target.run.id if target.run is not None else None,
+        rule=target.spec.rule.name, model=target.spec.model.name, dataset=target.spec.data.name,
+        task=target.spec.task, device=str(device), recipe=spec.recipe, tags=spec.tags,
+    )
+    if hashing:
+        from ssbench.retrieval.attack_suite import hashing_sweeps
+
+        with store.run("attack", **run_kw) as rec:
+            hashing_sweeps(target, surrogate, spec, rec, device)
+            return rec.run_id
+
+    names = attack_names(spec)
+    eps_grid = resolve_eps(spec.eps)
+    bundle = load_data(target.spec.data)
+    indices = select_indices(len(bundle.test), spec.n_examples, spec.seed)
+    x, y = stack_examples(bundle.test, indices, device)
+    model = target.model.eval()
+    sur_model = surrogate.model.eval() if surrogate is not None else None
+    clean_correct = predict(model, x) == y
+    clean_acc = float(clean_correct.float().mean())
+
+    jobs: list[tuple[Attack, str]] = []
+    for name in names:
+        atk = build_attack(name, spec)
+        for mode in (modes if atk.uses_gradients else [QUERY_MODE]):
+            jobs.append((atk, mode))
+
+    with store.run("attack", **run_kw) as rec:
+        rec.log_evaluation("accuracy", clean_acc, split="test", params={"n": len(indices), "clean": True})
+        curves: list[SweepCurve] = []
+        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), console=console, disable=quiet)
+        with progress:
+            for atk, mode in jobs:
+                grid = atk.budget_grid or eps_grid
+                task = progress.add_task(f"{atk.name} [{mode}]", total=len(grid))
+                with gradient_source(mode, model, sur_model) as g:
+                    curve = run_sweep(atk, model, g, x, y, eps_grid, mode=mode, batch_size=spec.batch_size,
+                                      pool=(x, y), on_eps=lambda _e, t=task: progress.advance(t))
+                rec.add_sweep(curve.to_points())  # one transaction per sweep
+                curves.append(curve)
+
+        checks = consistency_checks(modes if any(a.uses_gradients for a, _ in jobs) else [],
+                                    model, sur_model, x[clean_correct], y[clean_correct], spec.seed)
+        checks += curve_checks(curves, clean_acc, bundle.num_classes)
+        rec.add_sanity([c.to_record() for c in checks])
+        worst = worst_case(curves)
+        rec.set_summary(
+            indices=indices, n=len(indices), clean_accuracy=clean_acc,
+            surrogate_id=(surrogate.run.id if surrogate is not None and surrogate.run is not None else None),
+            worst_case={f"{e:g}": r for e, r in worst.items()},
+            checks_failed=sum(c.passed is False for c in checks),
+        )
+        print_summary(console, rec.run_id, curves, checks, clean_acc, worst)
+        return rec.run_id
+
+
+def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Module | None,
+                       x: torch.Tensor, y: torch.Tensor, seed: int) -> list[Check]:
+    x, y = x[:CONSISTENCY_EXAMPLES], y[:CONSISTENCY_EXAMPLES]
+    out = []
+    if len(x) == 0:
+        return out
+    for mode in modes:
+        with gradient_source(mode, target, surrogate) as g:
+            out.append(gradient_consistency(mode, g, target, x, y, seed=seed))
+    return out
+
+
+def worst_case(curves: Sequence[SweepCurve]) -> dict[float, float]:
+    """Per-example worst case over every linf curve (attacks x modes): robust only if robust to all."""
+    linf = [c for c in curves if c.norm == "linf"]
+    if not linf:
+        return {}
+    eps = sorted(set.intersection(*(set(c.eps) for c in linf)))
+    out = {}
+    for e in eps:
+        alive = None
+        for c in linf:
+            k = next(i for i, ce in enumerate(c.eps) if abs(ce - e) < 1e-9)
+            alive = c.correct[k] if alive is None else alive & c.correct[k]
+        out[e] = float(alive.float().mean())
+    return out
+
+
+def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], checks: Sequence[Check],
+                  clean_acc: float, worst: dict[float, float]) -> None:
+    eps = sorted({e for c in curves if c.norm == "linf" for e in c.eps})
+    table = Table(title=f"attack run {run_id}: robust accuracy (clean {clean_acc:.3f})")
+    table.add_column("attack")
+    table.add_column("mode")
+    for e in eps:
+        table.add_column(f"{e:g}", justify="right")
+    for c in curves:
+        if c.norm != "linf":
+            continue
+        table.add_row(c.attack, c.mode, *[f"{c.at(e):.3f}" if c.at(e) is not None else "" for e in eps])
+    if worst:
+        table.add_row("[bold]worst case[/]", "all", *[f"[bold]{worst.get(e, float('nan')):.3f}[/]" for e in eps])
+    console.print(table)
+    for c in curves:
+        if c.norm != "linf":
+            console.print(f"{c.attack} [{c.mode}] budget = pixels " + ", ".join(
+                f"{int(e)}: {r:.3f}" for e, r in zip(c.eps, c.robust())))
+    failed = [c for c in checks if c.passed is False]
+    skipped = [c for c in checks if c.passed is None]
+    for c in failed:
+        who = "/".join(v for v in (c.attack, c.mode) if v)
+        value = f"{c.value:.3f}" if c.value is not None else "-"
+        console.print(f"[bold red]SANITY CHECK FAILED[/] [red]{c.name} ({who}): value {value}; {c.detail}[/]")
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for c in skipped:  # one line per (check, reason), naming every sweep it applies to
+        grouped.setdefault((c.name, c.detail), []).append("/".join(v for v in (c.attack, c.mode) if v))
+    for (name, detail), who in grouped.items():
+        console.print(f"[yellow]sanity {name} ({', '.join(who)}) not decided: {detail}[/]")
+    passed = sum(c.passed is True for c in checks)
+    style = "bold red" if failed else "green"
+    console.print(f"[{style}]sanity checks: {passed} passed, {len(failed)} failed, {len(skipped)} not applicable[/]")
+    if failed:
+        console.print("[bold red]A robustness claim from this run that ignores the failed checks is not supported.[/]")

@@ -1,0 +1,198 @@
+"""Sanity checks run on every attack job. A robustness claim that fails one is flagged, not hidden.
+
+Tolerance of comparisons between two robust accuracies: one binomial standard deviation of n,
+sqrt(p (1 - p) / n) at the larger of the two values, plus one example (1 / n).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssbench.attacks.sweep import SweepCurve
+
+CONSISTENCY_THRESHOLD = 0.9
+WIDE_EPS = 0.3  # chance-level check is only meaningful with a grid reaching this far ([0, 1] data)
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None
+    value: float | None = None
+    detail: str = ""
+    attack: str | None = None
+    mode: str | None = None
+
+    def to_record(self):  # noqa: ANN201
+        from ssbench.store.records import SanityCheck
+
+        return SanityCheck(name=self.name, passed=self.passed, value=self.value, detail=self.detail,
+                           attack=self.attack, mode=self.mode)
+
+
+def tolerance(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)) + 1.0 / max(n, 1)
+
+
+# -- (a) gradient consistency -------------------------------------------------------------------
+
+def directional_agreement(
+    grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor, *, k: int = 32, h: float = 1e-4, seed: int = 0
+) -> Tensor:
+    """Per example: cosine between (g . u_j)_j and the central differences
+    ((L(x + h u_j) - L(x - h u_j)) / 2h)_j over k random unit directions u_j, where g is the input
+    gradient ``grad_model``'s autograd gives and L the target's forward loss (float64 where possible).
+    """
+    x = x.detach()
+    # float64 copies: confidently-classified examples have losses ~1e-9 whose float32 gradients
+    # are rounding noise. A deepcopy keeps the rule state and the exact/feedback switch.
+    try:
+        g_model = copy.deepcopy(grad_model).double().eval()
+        xg = x.double().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(g_model(xg), y, reduction="sum"), xg)
+    except (RuntimeError, TypeError):  # a backward that only supports float32
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(grad_model(xg), y, reduction="sum"), xg)
+    g = g.double().flatten(1)
+
+    f64 = copy.deepcopy(target).double().eval()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    n, d = g.shape
+    u = torch.randn(k, n, d, generator=gen, dtype=torch.float64).to(x.device)
+    u = u / u.norm(dim=2, keepdim=True)
+    x64 = x.double().flatten(1)
+    fd = torch.empty(k, n, dtype=torch.float64, device=x.device)
+    with torch.no_grad():
+        for j in range(k):
+            lp = F.cross_entropy(f64((x64 + h * u[j]).view_as(x)), y, reduction="none")
+            lm = F.cross_entropy(f64((x64 - h * u[j]).view_as(x)), y, reduction="none")
+            fd[j] = (lp - lm) / (2 * h)
+    dots = (u * g.unsqueeze(0)).sum(2)  # k x n
+    return F.cosine_similarity(dots.T, fd.T, dim=1, eps=1e-300)
+
+
+def gradient_consistency(mode: str, grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor,
+                         *, k: int = 32, seed: int = 0) -> Check:
+    cos = directional_agreement(grad_model, target, x, y, k=k, seed=seed)
+    value = float(cos.mean())
+    detail = (f"mean over {len(x)} examples of cos(g.u, finite difference) on {k} random directions; "
+              f"min {float(cos.min()):.3f}; threshold {CONSISTENCY_THRESHOLD}")
+    if mode == "transfer":
+        return Check("gradient_consistency", None, value, "informational (surrogate gradient): " + detail, mode=mode)
+    passed = value >= CONSISTENCY_THRESHOLD
+    if not passed:
+        detail = "the attacker's gradient is NOT the gradient of the target's loss (obfuscated); " + detail
+    return Check("gradient_consistency", passed, value, detail, mode=mode)
+
+
+# -- (b)-(f) curve comparisons ------------------------------------------------------------------
+
+def _linf(curves: Sequence[SweepCurve]) -> list[SweepCurve]:
+    return [c for c in curves if c.norm == "linf"]
+
+
+def _compare(name: str, weaker: SweepCurve, stronger_claim: SweepCurve, what: str, **who: str | None) -> Check | None:
+    """Check robust(weaker) <= robust(stronger_claim) + tol at every shared eps."""
+    worst, where, tol_at = -1.0, None, 0.0
+    for e, _ in zip(weaker.eps, weaker.correct):
+        a, b = weaker.at(e), stronger_claim.at(e)
+        if a is None or b is None or e == 0:
+            continue
+        tol = tolerance(max(a, b), weaker.n)
+        if a - b - tol > worst:
+            worst, where, tol_at = a - b - tol, (e, a, b), tol
+    if where is None:
+        return None
+    e, a, b = where
+    ok = worst <= 0
+    detail = f"{what}; worst at eps={e:g}: {a:.3f} vs {b:.3f} (tolerance {tol_at:.3f} = 1 binomial std + 1/n)"
+    return Check(name, ok, a - b, detail, **who)
+
+
+def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classes: int) -> list[Check]:
+    checks: list[Check] = []
+    by = {(c.attack, c.mode): c for c in curves}
+    modes = sorted({c.mode for c in curves if c.mode not in ("query",)})
+
+    # (b) iterative <= single-step, same mode
+    for m in modes:
+        if ("fgsm", m) not in by:
+            continue
+        for it in ("pgd", "apgd-ce"):
+            if (it, m) in by:
+                c = _compare("iterative_le_single_step", by[(it, m)], by[("fgsm", m)],
+                             f"{it} robust accuracy must not exceed fgsm's", attack=it, mode=m)
+                if c:
+                    checks.append(c)
+
+    # (c) white-box <= black-box: the best white-box attack per mode vs the best black-box attack
+    black = [c for c in _linf(curves) if c.mode == "query"]
+    for m in modes:
+        white = [c for c in _linf(curves) if c.mode == m]
+        if not white or not black:
+            continue
+        bw, bb = _best(white, m), _best(black, "query")
+        c = _compare("whitebox_le_blackbox", bw, bb,
+                     f"best white-box ({m}) must not exceed best black-box", attack=bw.attack, mode=m)
+        if c:
+            checks.append(c)
+
+    # (d) white-box <= transfer, same attack
+    for m in modes:
+        if m == "transfer":
+            continue
+        for c in _linf(curves):
+            if c.mode == m and (c.attack, "transfer") in by:
+                r = _compare("whitebox_le_transfer", c, by[(c.attack, "transfer")],
+                             f"{c.attack} white-box ({m}) must not exceed its transfer attack", attack=c.attack, mode=m)
+                if r:
+                    checks.append(r)
+
+    # (e) accuracy at the largest eps falls to chance or below
+    chance = 1.0 / num_classes
+    for c in _linf(curves):
+        emax = max(c.eps)
+        r = c.at(emax)
+        if emax < WIDE_EPS:
+            checks.append(Check("falls_to_chance", None, r,
+                                f"not meaningful: largest eps {emax:g} < {WIDE_EPS} (use --eps wide)", c.attack, c.mode))
+        else:
+            tol = tolerance(chance, c.n)
+            ok = r <= chance + tol
+            checks.append(Check("falls_to_chance", ok, r,
+                                f"robust accuracy at eps={emax:g} vs chance {chance:.3f} (tolerance {tol:.3f})"
+                                + ("" if ok else "; an unbounded attack must reach chance: attack too weak or gradient obfuscated"),
+                                c.attack, c.mode))
+
+    # (f) eps = 0 equals clean accuracy (the attack returns x; the target re-evaluates it)
+    for c in curves:
+        r0 = c.at(0.0)
+        if r0 is None:
+            continue
+        ok = abs(r0 - clean_accuracy) * c.n < 0.5  # counts of examples, not float means
+        checks.append(Check("eps0_equals_clean", ok, r0,
+                            f"robust at eps=0 {r0:.4f} vs clean {clean_accuracy:.4f} (tolerance: 0 examples)",
+                            c.attack, c.mode))
+    return checks
+
+
+def _best(curves: Sequence[SweepCurve], mode: str) -> SweepCurve:
+    """Per-example worst case over several curves (an example survives only if it survives all)."""
+    if len(curves) == 1:
+        return curves[0]
+    eps = sorted(set.intersection(*(set(c.eps) for c in curves)))
+    out = SweepCurve(attack="+".join(c.attack for c in curves), mode=mode, n=curves[0].n)
+    for e in eps:
+        corr = None
+        for c in curves:
+            k = [i for i, ce in enumerate(c.eps) if abs(ce - e) < 1e-9][0]
+            corr = c.correct[k] if corr is None else corr & c.correct[k]
+        out.eps.append(e)
+        out.correct.append(corr)
+    return out

@@ -1,0 +1,245 @@
+"""Retrieval protocol: which images are queries, which form the database, which train the hash.
+
+Single-label data sets (Fashion-MNIST, digits, CIFAR, MNIST) follow the convention of the deep
+hashing literature for CIFAR-10 (DPSH, HashNet, CSQ) that the sign-symmetry paper uses:
+
+* the **pool** is every image of the bundle, in the order test, train, val (val may be absent);
+* **query**: ``queries_per_class`` (100) images per class drawn from the *test* split with a fixed
+  seed, in round-robin class order (so any prefix of the list is class-balanced);
+* **database**: every pool image that is not a query (remaining test + train + val);
+* **train**: ``train_per_class`` (500) images per class drawn from the database, restricted to the
+  bundle's *train* split (so val stays held out for model selection).
+
+Indices are pool indices; :class:`RetrievalSplit` round-trips through ``to_dict`` / JSON so a run
+can persist exactly which images it used. Classes with too few images give what they have (small
+tests, class subsets).
+
+Multi-label sets (MS-COCO, NUS-WIDE) and ImageNet-100 come as list files in the DeepHash layout:
+``<root>/train.txt``, ``<root>/test.txt`` (queries), ``<root>/database.txt``, each line
+``relative/path.jpg l1 l2 ... lC`` with 0/1 labels; relevance = at least one shared label.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from ssbench.errors import DataNotFoundError
+
+POOL_ORDER = ("test", "train", "val")
+
+
+@dataclass(frozen=True)
+class RetrievalSplit:
+    """Pool indices of queries, database and hash-training images, plus the pool layout."""
+
+    query: tuple[int, ...]
+    database: tuple[int, ...]
+    train: tuple[int, ...]
+    sizes: dict[str, int] = field(default_factory=dict)  # pool layout: split name -> length, in POOL_ORDER
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"query": list(self.query), "database": list(self.database), "train": list(self.train),
+                "sizes": dict(self.sizes), "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RetrievalSplit:
+        return cls(tuple(d["query"]), tuple(d["database"]), tuple(d["train"]), dict(d.get("sizes", {})), int(d.get("seed", 0)))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> RetrievalSplit:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def offsets(self) -> dict[str, int]:
+        out, start = {}, 0
+        for name in POOL_ORDER:
+            if name in self.sizes:
+                out[name] = start
+                start += self.sizes[name]
+        return out
+
+    def locate(self, index: int) -> tuple[str, int]:
+        """Pool index -> (split name, index within that split)."""
+        for name, start in self.offsets().items():
+            if start <= index < start + self.sizes[name]:
+                return name, index - start
+        raise IndexError(index)
+
+
+def class_balanced_split(
+    labels: Tensor,
+    sizes: dict[str, int],
+    *,
+    queries_per_class: int = 100,
+    train_per_class: int = 500,
+    seed: int = 0,
+) -> RetrievalSplit:
+    """Split a single-label pool (``labels`` in pool order, layout ``sizes``) as documented above."""
+    labels = labels.long().cpu()
+    layout = {n: int(sizes[n]) for n in POOL_ORDER if n in sizes and sizes[n] > 0}
+    if sum(layout.values()) != len(labels):
+        raise ValueError(f"pool sizes {layout} do not add up to {len(labels)} labels")
+    split0 = RetrievalSplit((), (), (), layout, seed)
+    off = split0.offsets()
+    source = torch.empty(len(labels), dtype=torch.long)
+    for i, name in enumerate(layout):
+        source[off[name] : off[name] + layout[name]] = POOL_ORDER.index(name)
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels).tolist()
+
+    per_class_q: list[list[int]] = []
+    for c in classes:
+        cand = ((labels == c) & (source == POOL_ORDER.index("test"))).nonzero().flatten()
+        pick = cand[torch.randperm(len(cand), generator=g)[:queries_per_class]]
+        per_class_q.append(pick.tolist())
+    query = [q[r] for r in range(max((len(q) for q in per_class_q), default=0)) for q in per_class_q if r < len(q)]
+
+    is_query = torch.zeros(len(labels), dtype=torch.bool)
+    is_query[torch.tensor(query, dtype=torch.long)] = True
+    database = (~is_query).nonzero().flatten().tolist()
+
+    train: list[int] = []
+    for c in classes:
+        cand = ((labels == c) & ~is_query & (source == POOL_ORDER.index("train"))).nonzero().flatten()
+        train += sorted(cand[torch.randperm(len(cand), generator=g)[:train_per_class]].tolist())
+    return RetrievalSplit(tuple(query), tuple(database), tuple(sorted(train)), layout, seed)
+
+
+def bundle_pool(bundle) -> tuple[list[Dataset], dict[str, int]]:  # noqa: ANN001
+    """The bundle's splits in POOL_ORDER (absent/empty ones skipped) and their sizes."""
+    parts, sizes = [], {}
+    for name in POOL_ORDER:
+        ds = getattr(bundle, name, None)
+        if ds is not None and len(ds) > 0:
+            parts.append(ds)
+            sizes[name] = len(ds)
+    return parts, sizes
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+def _loader(ds: Dataset, batch_size: int):  # noqa: ANN202
+    try:
+        from ssbench.data import make_loader
+
+        return make_loader(ds, batch_size, shuffle=False)
+    except ImportError:  # pragma: no cover - data package always present in the product
+        return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+
+
+@torch.no_grad()
+def encode(model: nn.Module, ds: Dataset, device: torch.device | str, batch_size: int = 512) -> tuple[Tensor, Tensor]:
+    """(relaxed codes u (N, K) on CPU, labels (N,) or (N, C)) of ``ds`` under ``model`` in eval mode."""
+    was = model.training
+    model.eval()
+    codes, labels = [], []
+    try:
+        for x, y in _loader(ds, batch_size):
+            codes.append(model(x.to(device)).float().cpu())
+            labels.append(torch.as_tensor(y).cpu())
+    finally:
+        model.train(was)
+    if not codes:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(codes), torch.cat(labels)
+
+
+def dataset_labels(ds: Dataset) -> Tensor:
+    """Labels of ``ds`` without decoding images where the data set keeps them in memory."""
+    index = None
+    while isinstance(ds, Subset):
+        sub = torch.as_tensor(list(ds.indices), dtype=torch.long)
+        index = sub if index is None else sub[index]
+        ds = ds.dataset
+    labels = getattr(ds, "labels", None)
+    if isinstance(labels, Tensor):
+        return labels if index is None else labels[index]
+    if isinstance(ds, ListFileDataset):
+        return ds.label_matrix if index is None else ds.label_matrix[index]
+    ys = [torch.as_tensor(y) for _, y in _loader(ds if index is None else Subset(ds, index.tolist()), 512)]
+    return torch.cat(ys) if ys else torch.zeros(0, dtype=torch.long)
+
+
+def pool_labels(parts: Sequence[Dataset]) -> Tensor:
+    return torch.cat([dataset_labels(p) for p in parts])
+
+
+# -- list files (MS-COCO, NUS-WIDE, ImageNet-100) ------------------------------------------------
+
+def read_list_file(path: str | Path) -> tuple[list[str], Tensor]:
+    """Lines ``path l1 ... lC`` (0/1) -> (paths, labels uint8 N x C)."""
+    paths, rows = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            rows.append([int(v) for v in parts[1:]])
+        except ValueError as e:
+            raise DataNotFoundError(f"{path}:{n}: labels must be 0/1 integers after the image path") from e
+        paths.append(parts[0])
+    if not rows:
+        raise DataNotFoundError(f"list file {path} has no entries")
+    width = {len(r) for r in rows}
+    if len(width) != 1:
+        raise DataNotFoundError(f"list file {path}: lines have different label counts {sorted(width)}")
+    return paths, torch.tensor(rows, dtype=torch.uint8)
+
+
+class ListFileDataset(Dataset):
+    """Images listed in a DeepHash list file; yields (float C x H x W in [0, 1], 0/1 label vector)."""
+
+    def __init__(self, root: str | Path, list_file: str | Path, *, image_size: int = 224) -> None:
+        self.root = Path(root)
+        self.paths, self.label_matrix = read_list_file(list_file)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        from PIL import Image
+
+        p = self.root / self.paths[i]
+        if not p.exists():
+            raise DataNotFoundError(f"image {p} listed but missing; fix the list file or the data root")
+        img = Image.open(p).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(self.image_size, self.image_size, 3)
+        return x.permute(2, 0, 1).float().div(255.0), self.label_matrix[i].float()
+
+
+@dataclass
+class ListRetrievalData:
+    train: ListFileDataset
+    query: ListFileDataset
+    database: ListFileDataset
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train.label_matrix.shape[1])
+
+
+def load_list_retrieval(root: str | Path, *, image_size: int = 224, images_root: str | Path | None = None) -> ListRetrievalData:
+    """``<root>/{train,test,database}.txt`` -> datasets (test.txt are the queries)."""
+    root = Path(root)
+    missing = [n for n in ("train.txt", "test.txt", "database.txt") if not (root / n).exists()]
+    if missing:
+        raise DataNotFoundError(
+            f"retrieval lists {', '.join(missing)} missing in {root}; put DeepHash-style list files there "
+            "(each line: image path then C 0/1 labels)"
+        )
+    img_root = Path(images_root) if images_root is not None else root
+    sets = {n: ListFileDataset(img_root, root / f"{n}.txt", image_size=image_size) for n in ("train", "test", "database")}
+    widths = {int(d.label_matrix.shape[1]) for d in sets.values()}
+    if len(widths) != 1:
+        raise DataNotFoundError(f"list files in {root} disagree on the number of labels: {sorted(widths)}")
+    return ListRetrievalData(sets["train"], sets["test"], sets["database"])
