@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from ssbench.cli import app
 
-runner = CliRunner()
+runner = CliRunner(env={"COLUMNS": "200"})  # rich would crop tables at 80 columns
 
 
 def _db(tmp_path: Path) -> list[str]:

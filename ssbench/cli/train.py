@@ -1,5 +1,8 @@
-"""`ssbench pretrain | train | finetune`: build a TrainSpec from options and run it."""
-from __future__ import annotations
+"""`ssbench pretrain | train | finetune`: build a TrainSpec from options and run it.
+
+No `from __future__ import annotations` here: typer evaluates the option annotations, which close
+over `kind` inside the command factory.
+"""
 
 from pathlib import Path
 from typing import Annotated, Literal

@@ -143,7 +143,7 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
                     out = model(x)
                     loss = task.loss(out, y)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {float(loss)} at epoch {epoch}; lower the learning rate")
+                        raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch}; lower the learning rate")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()

@@ -1,0 +1,192 @@
+"""`ssbench runs` (list) and `ssbench show RUN` (everything about one run)."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from ssbench.cli.options import Db
+
+
+def key_metric(run: Any, evaluations: dict[int, dict[str, float]]) -> str:
+    """One number that says how a run went: test accuracy / mAP, or an attack's worst case at its largest ε."""
+    if run.status == "failed":
+        return (run.error or "failed")[:40]
+    summary = run.summary or {}
+    worst = summary.get("worst_case")
+    if isinstance(worst, dict) and worst:
+        eps, value = max(((float(k), v) for k, v in worst.items() if v is not None), default=(None, None))
+        if eps is not None:
+            return f"worst {value:.3f} @ε={eps:g}"
+    ev = evaluations.get(run.id, {})
+    for name in ("accuracy", *sorted(k for k in ev if k.startswith("map"))):
+        if name in ev and ev[name] is not None:
+            return f"{'acc' if name == 'accuracy' else name} {ev[name]:.3f}"
+    return ""
+
+
+def _fmt_time(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if t is not None else ""
+
+
+def _fmt_seconds(s: Any) -> str:
+    if s is None:
+        return ""
+    return f"{s:.1f}" if s < 100 else f"{s / 60:.1f} min" if s < 6000 else f"{s / 3600:.1f} h"
+
+
+STATUS_STYLE = {"finished": "green", "failed": "bold red", "running": "yellow"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("runs")
+    def runs(
+        db: Db = None,
+        kind: Annotated[str | None, typer.Option(help="pretrain, train, finetune, attack, ...")] = None,
+        status: Annotated[str | None, typer.Option(help="running, finished or failed")] = None,
+        rule: Annotated[str | None, typer.Option("--rule", "-r", help="learning rule (attack runs: the target's)")] = None,
+        model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+        dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
+        recipe: Annotated[str | None, typer.Option(help="runs of this recipe")] = None,
+        tag: Annotated[str | None, typer.Option(help="runs carrying this tag")] = None,
+        parent: Annotated[int | None, typer.Option(help="children of this run (fine-tunes of a pretrain, attacks of a model)")] = None,
+        limit: Annotated[int, typer.Option("--limit", "-n", help="show the newest N runs (0 = all)")] = 50,
+    ) -> None:
+        """List runs in the results store, oldest first (the newest --limit of them).
+
+        The id is what `ssbench show ID`, `finetune --from ID` and `attack ID` take. Key metric:
+        test accuracy (or mAP) of training runs, the worst case over gradient modes at the largest ε
+        of attack runs, the error of failed runs. A run left 'running' by a killed process stays so.
+        """
+        from rich.console import Console
+        from rich.table import Table
+
+        from ssbench.store import open_store
+
+        store = open_store(db)
+        rows = store.list_runs(kind=kind, status=status, rule=rule, model=model, dataset=dataset, recipe=recipe,
+                               tag=tag, parent_id=parent, limit=limit or None)
+        console = Console()
+        if not rows:
+            console.print("no runs match; start with `ssbench pretrain` or `ssbench run recipes/quickstart.yaml`")
+            return
+        ev = store.frame_evaluations()
+        ev = ev[ev["run_id"].isin([r.id for r in rows]) & (ev["split"] == "test")] if not ev.empty else ev
+        evaluations: dict[int, dict[str, float]] = {}
+        for run_id, metric, value in zip(ev["run_id"], ev["metric"], ev["value"]):
+            evaluations.setdefault(int(run_id), {})[metric] = value
+        table = Table(title=f"runs in {store!r}", title_justify="left", header_style="bold")
+        for col, justify in (("id", "right"), ("kind", "left"), ("status", "left"), ("parent", "right"),
+                             ("rule", "left"), ("model", "left"), ("dataset", "left"), ("seed", "right"),
+                             ("key metric", "left"), ("started", "left"), ("seconds", "right")):
+            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        for r in rows:
+            table.add_row(
+                str(r.id), r.kind, f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+                "" if r.parent_id is None else str(r.parent_id), r.rule or "", r.model or "", r.dataset or "",
+                "" if r.seed is None else str(r.seed), key_metric(r, evaluations).replace("[", r"\["),
+                _fmt_time(r.started_at), _fmt_seconds(r.seconds),
+            )
+        console.print(table)
+
+    @app.command("show")
+    def show(
+        run_ref: Annotated[str, typer.Argument(metavar="RUN", help="run id (see `ssbench runs`)")],
+        db: Db = None,
+        config: Annotated[bool, typer.Option("--config/--no-config", help="print the full configuration JSON")] = True,
+    ) -> None:
+        """Everything stored about one run: configuration, provenance (git commit, package versions,
+        host), per-epoch metrics (last and best), evaluations, checkpoints, attack sweeps (robust
+        accuracy per attack x mode x ε, with the per-example worst case) and sanity checks."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from ssbench.report.render import to_rich
+        from ssbench.report.tables import robust_wide, worst_case
+        from ssbench.store import open_store
+
+        store = open_store(db)
+        run = store.get_run(run_ref)
+        console = Console()
+        style = STATUS_STYLE.get(run.status, "")
+        console.print(f"[bold]run {run.id}[/] {run.kind} [{style}]{run.status}[/]"
+                      + (f"  parent {run.parent_id}" if run.parent_id is not None else ""))
+        facts = {
+            "rule": run.rule, "model": run.model, "dataset": run.dataset, "task": run.task, "seed": run.seed,
+            "recipe": run.recipe, "tags": ", ".join(run.tags or []) or None, "device": run.device, "host": run.host,
+            "started": _fmt_time(run.started_at), "seconds": _fmt_seconds(run.seconds), "git": run.git_commit,
+            "config hash": run.config_hash[:16],
+        }
+        for k, v in facts.items():
+            if v not in (None, ""):
+                console.print(f"  {k:<12} {v}", highlight=False, markup=False)
+        console.print("  versions     " + ", ".join(f"{k} {v}" for k, v in (run.versions or {}).items() if v),
+                      highlight=False, markup=False)
+        if run.error:
+            console.print(f"[bold red]error:[/] {run.error}", markup=True, highlight=False)
+        if config:
+            console.print("[bold]config[/]")
+            console.print_json(json.dumps(run.config))
+        if run.summary:
+            console.print("[bold]summary[/]")
+            console.print_json(json.dumps(run.summary))
+
+        m = store.frame_metrics()
+        m = m[m["run_id"] == run.id]
+        if not m.empty:
+            t = Table(title="metrics per epoch (last / best)", title_justify="left", header_style="bold")
+            for col in ("split", "name", "epochs", "last", "min", "max"):
+                t.add_column(col, justify="left" if col in ("split", "name") else "right")
+            for (split, name), g in m.groupby(["split", "name"], sort=False):
+                g = g.sort_values("epoch")
+                t.add_row(split, name, str(int(g["epoch"].max())), f"{g['value'].iloc[-1]:.4g}",
+                          f"{g['value'].min():.4g}", f"{g['value'].max():.4g}")
+            console.print(t)
+        ev = store.frame_evaluations()
+        ev = ev[ev["run_id"] == run.id]
+        if not ev.empty:
+            t = Table(title="evaluations", title_justify="left", header_style="bold")
+            for col in ("metric", "split", "value", "params"):
+                t.add_column(col, justify="right" if col == "value" else "left")
+            for metric, split, value, params in zip(ev["metric"], ev["split"], ev["value"], ev["params"]):
+                t.add_row(metric, split, "" if value is None or value != value else f"{value:.4f}",
+                          json.dumps(params).replace("[", r"\["))
+            console.print(t)
+        ckpts = store.checkpoints(run.id)
+        if ckpts:
+            t = Table(title="checkpoints", title_justify="left", header_style="bold")
+            for col in ("tag", "epoch", "metric", "sha256", "path"):
+                t.add_column(col)
+            for c in ckpts:
+                t.add_row(c.tag, "" if c.epoch is None else str(c.epoch), "" if c.metric is None else f"{c.metric:.4f}",
+                          c.sha256[:12], c.path)
+            console.print(t)
+        sw = store.frame_sweeps()
+        sw = sw[sw["run_id"] == run.id].copy()
+        if not sw.empty:
+            sw["target"] = run.parent_id if run.parent_id is not None else -run.id
+            sw["norm"] = sw["params"].map(lambda p: (p or {}).get("norm", "linf"))
+            sw["failed_checks"] = 0
+            worst = worst_case(sw)
+            both = sw if worst.empty else __import__("pandas").concat([sw, worst], ignore_index=True)
+            both = both.rename(columns={"robust": "robust_mean"})
+            both["robust_std"] = float("nan")
+            for metric, g in both.groupby("metric", sort=False):
+                console.print(to_rich(robust_wide(g), title=f"sweeps: {metric} under attack (worst = per-example over modes)"))
+        sanity = store.frame_sanity()
+        sanity = sanity[sanity["run_id"] == run.id]
+        if not sanity.empty:
+            t = Table(title="sanity checks", title_justify="left", header_style="bold")
+            for col in ("check", "attack", "mode", "result", "value", "detail"):
+                t.add_column(col, overflow="fold")
+            for r in sanity.itertuples(index=False):
+                result = {True: "[green]passed[/]", False: "[bold red]FAILED[/]"}.get(r.passed, "[yellow]n/a[/]")
+                t.add_row(r.name, r.attack if isinstance(r.attack, str) else "", r.mode if isinstance(r.mode, str) else "",
+                          result, "" if r.value is None or r.value != r.value else f"{r.value:.3f}",
+                          str(r.detail).replace("[", r"\["))
+            console.print(t)
+        kids = store.children(run.id)
+        if kids:
+            console.print("children: " + ", ".join(f"{k.id} ({k.kind} {k.rule or ''} {k.status})" for k in kids),
+                          highlight=False)

@@ -1,0 +1,121 @@
+"""Render a DataFrame as a rich table (terminal), Markdown, LaTeX (booktabs) or CSV."""
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+Format = Literal["terminal", "markdown", "latex", "csv"]
+FORMATS: tuple[Format, ...] = ("terminal", "markdown", "latex", "csv")
+SUFFIX = {"terminal": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
+NUMERIC_HINT = ("±", "/255", "px")
+
+
+def _cells(df: pd.DataFrame) -> list[list[str]]:
+    return [["" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
+            for row in df.itertuples(index=False, name=None)]
+
+
+def _is_numeric_column(values: list[str]) -> bool:
+    filled = [v.rstrip("!") for v in values if v]
+    if not filled:
+        return False
+    ok = 0
+    for v in filled:
+        try:
+            float(v.split(" ± ")[0])
+            ok += 1
+        except ValueError:
+            pass
+    return ok == len(filled)
+
+
+def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None) -> Table:
+    """Label and number columns keep their full width (never squeezed to '…'); long free text wraps.
+    When the table would not fit `width` columns, text columns wrap too (numbers never do)."""
+    cells = _cells(df)
+
+    def build(tight: bool) -> Table:
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for j, col in enumerate(df.columns):
+            values = [r[j] for r in cells]
+            numeric = _is_numeric_column(values)
+            longest = max([len(str(col)), *map(len, values)])
+            if numeric or longest <= (12 if tight else 24):
+                table.add_column(str(col), justify="right" if numeric else "left", no_wrap=True, min_width=longest)
+            else:  # long text shares what is left, in proportion to its length
+                table.add_column(str(col), overflow="fold", ratio=longest, min_width=min(longest, 10))
+        for row in cells:
+            table.add_row(*[f"[bold red]{c}[/]" if c.endswith("!") else c.replace("[", r"\[") for c in row])
+        return table
+
+    table = build(tight=False)
+    return table if width is None or fits(table, width) else build(tight=True)
+
+
+def fits(table: Table, width: int) -> bool:
+    """Whether `table` prints within `width` columns without cropping."""
+    probe = Console(file=io.StringIO(), width=10_000, color_system=None)
+    return probe.measure(table).maximum <= width
+
+
+def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
+    def esc(s: str) -> str:
+        return s.replace("|", r"\|")
+
+    cells = _cells(df)
+    header = [esc(str(c)) for c in df.columns]
+    align = ["---:" if _is_numeric_column([r[j] for r in cells]) else ":---" for j in range(len(header))]
+    lines = [f"### {title}", ""] if title else []
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("| " + " | ".join(align) + " |")
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(s: str) -> str:
+    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in s)
+    return out.replace("±", r"$\pm$")
+
+
+def to_latex(df: pd.DataFrame, title: str | None = None) -> str:
+    """A booktabs tabular (\\usepackage{booktabs}); wrap it in a table float yourself."""
+    cells = _cells(df)
+    spec = "".join("r" if _is_numeric_column([r[j] for r in cells]) else "l" for j in range(len(df.columns)))
+    lines = [f"% {title}" if title else "% ssbench table", f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines.append(" & ".join(latex_escape(str(c)) for c in df.columns) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in cells]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(df: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    df.to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def render(df: pd.DataFrame, fmt: Format, *, title: str | None = None, console: Console | None = None) -> str:
+    """The table as text in `fmt`. terminal: printed to `console` when given, and returned as plain text."""
+    if fmt == "markdown":
+        return to_markdown(df, title)
+    if fmt == "latex":
+        return to_latex(df, title)
+    if fmt == "csv":
+        return to_csv(df)
+    if fmt == "terminal":
+        table = to_rich(df, title, console.width if console is not None else None)
+        if console is not None:
+            console.print(table)
+        plain = Console(file=io.StringIO(), width=200, color_system=None)
+        plain.print(table)
+        return plain.file.getvalue()  # type: ignore[attr-defined]
+    raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

@@ -1,0 +1,460 @@
+"""The results store: runs written in transactions, queries, and pandas loaders for the report."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback as tb
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel
+from sqlalchemy import Engine, Select, func, select
+from sqlalchemy.orm import aliased, sessionmaker
+
+from ssbench.errors import RunNotFoundError
+from ssbench.store.engine import default_home, make_engine, migrate, resolve_url, sqlite_file
+from ssbench.store.models import (
+    Alignment,
+    Checkpoint,
+    Evaluation,
+    Metric,
+    Run,
+    SanityCheckRow,
+    SweepPointRow,
+)
+from ssbench.store.records import AlignmentRow, SanityCheck, SweepPoint
+
+VERSIONED_PACKAGES = ("torch", "torchvision", "ssbench", "torchattacks", "foolbox", "numpy")
+ERROR_LINE_MAX = 500
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _num(v: Any) -> float | None:
+    """float, with NaN / inf -> None (SQLite stores NaN as NULL anyway; be explicit everywhere)."""
+    if v is None:
+        return None
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def _opt_float(v: Any) -> float | None:
+    """float or None; NaN is kept (a NOT NULL column then refuses it instead of storing a gap)."""
+    return None if v is None else float(v)
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON values: numpy / torch scalars and arrays, paths, tuples; NaN / inf -> None
+    (PostgreSQL's JSON refuses NaN)."""
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, BaseModel):
+        return jsonable(obj.model_dump(mode="json"))
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return jsonable(obj.tolist())
+    if hasattr(obj, "item"):
+        return jsonable(obj.item())
+    return str(obj)
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def config_hash(config: BaseModel | dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a spec: equal configurations hash equal (recipe resume)."""
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _git_commit(cwd: str) -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=5)
+        return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_commit() -> str | None:
+    """HEAD of the git repository around the working directory, '-dirty' when tracked files changed."""
+    return _git_commit(os.getcwd())
+
+
+@lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    if out["ssbench"] is None:
+        from ssbench import __version__
+
+        out["ssbench"] = __version__
+    out["python"] = platform.python_version()
+    return out
+
+
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= ERROR_LINE_MAX else line[: ERROR_LINE_MAX - 3] + "..."
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+class RunRecorder:
+    """Writes the rows of one run; every call is its own committed transaction."""
+
+    def __init__(self, store: Store, run_id: int) -> None:
+        self._store = store
+        self.run_id = run_id
+
+    def _add(self, rows: Iterable[Any]) -> None:
+        with self._store.session() as s, s.begin():
+            s.add_all(list(rows))
+
+    def log_epoch(self, epoch: int, split: str, metrics: dict[str, float], seconds: float | None = None) -> None:
+        self._add(Metric(run_id=self.run_id, epoch=int(epoch), split=split, name=str(k), value=_num(v), seconds=_num(seconds))
+                  for k, v in metrics.items())
+
+    def log_alignment(self, epoch: int, rows: Sequence[AlignmentRow]) -> None:
+        self._add(Alignment(run_id=self.run_id, epoch=int(epoch), layer=r.layer, angle_deg=_num(r.angle_deg),
+                            norm_ratio=_num(r.norm_ratio), grad_angle_deg=_num(r.grad_angle_deg)) for r in rows)
+
+    def log_evaluation(self, metric: str, value: float, split: str = "test", params: dict[str, Any] | None = None) -> None:
+        self._add([Evaluation(run_id=self.run_id, metric=metric, value=_num(value), split=split, params=jsonable(params or {}))])
+
+    def add_checkpoint(self, tag: str, path: str | Path, epoch: int | None = None, metric: float | None = None) -> None:
+        """Record a checkpoint file (its sha256 is computed now); a second call with a tag replaces the first."""
+        path = Path(path)
+        digest = file_sha256(path)
+        with self._store.session() as s, s.begin():
+            old = s.scalars(select(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.tag == tag)).all()
+            for row in old:
+                s.delete(row)
+            s.flush()
+            s.add(Checkpoint(run_id=self.run_id, tag=tag, path=str(path.resolve()), sha256=digest,
+                             epoch=epoch, metric=_num(metric), created_at=_now()))
+
+    def add_sweep(self, points: Sequence[SweepPoint]) -> None:
+        """All points of one sweep in one transaction: a failure stores none of them."""
+        if not points:
+            return
+        with self._store.session() as s, s.begin():
+            last = s.scalar(select(func.max(SweepPointRow.sweep)).where(SweepPointRow.run_id == self.run_id))
+            sweep = 0 if last is None else last + 1
+            s.add_all(
+                SweepPointRow(
+                    run_id=self.run_id, sweep=sweep, attack=p.attack, mode=p.mode, epsilon=_opt_float(p.epsilon),
+                    n=None if p.n is None else int(p.n), robust=_opt_float(p.robust), metric=p.metric,
+                    seconds=float(p.seconds or 0.0), params=jsonable(p.params or {}), correct=p.correct,
+                )
+                for p in points
+            )
+
+    def add_sanity(self, checks: Sequence[SanityCheck]) -> None:
+        self._add(SanityCheckRow(run_id=self.run_id, name=c.name, passed=None if c.passed is None else bool(c.passed),
+                                 value=_num(c.value), detail=c.detail or "", attack=c.attack, mode=c.mode)
+                  for c in checks)
+
+    def set_summary(self, **kv: Any) -> None:
+        """Merge key/values into the run's summary JSON."""
+        with self._store.session() as s, s.begin():
+            run = s.get(Run, self.run_id)
+            assert run is not None
+            run.summary = {**(run.summary or {}), **jsonable(kv)}
+
+
+class RunContext:
+    """`with store.run(...) as rec:` -- 'running' at entry; 'finished' or 'failed' (any exception) at exit."""
+
+    def __init__(self, store: Store, row: Run) -> None:
+        self._store, self._row = store, row
+        self._t0 = 0.0
+        self.recorder: RunRecorder | None = None
+
+    def __enter__(self) -> RunRecorder:
+        self._t0 = time.perf_counter()
+        with self._store.session() as s, s.begin():
+            s.add(self._row)
+        self.recorder = RunRecorder(self._store, self._row.id)
+        return self.recorder
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None) -> bool:
+        seconds = time.perf_counter() - self._t0
+        values: dict[str, Any] = {"finished_at": _now(), "seconds": seconds}
+        if exc is None:
+            values["status"] = "finished"
+        else:
+            values.update(status="failed", error=_error_line(exc),
+                          traceback="".join(tb.format_exception(exc_type, exc, trace)))
+        try:
+            with self._store.session() as s, s.begin():
+                run = s.get(Run, self._row.id)
+                if run is not None:
+                    for k, v in values.items():
+                        setattr(run, k, v)
+        except Exception as err:  # noqa: BLE001
+            if exc is None:
+                raise
+            # the original error matters more than the bookkeeping one; say so on stderr
+            print(f"ssbench: could not mark run {self._row.id} failed: {err}", file=sys.stderr)
+        return False  # never swallow the exception
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+def _apply_run_filters(stmt: Select, table: Any = Run, **filters: Any) -> Select:
+    for key, value in filters.items():
+        if value is None:
+            continue
+        column = getattr(table, key)
+        if isinstance(value, (list, tuple, set)):
+            stmt = stmt.where(column.in_(list(value)))
+        else:
+            stmt = stmt.where(column == value)
+    return stmt
+
+
+def _has_tag(tags: Any, tag: str | None) -> bool:
+    return tag is None or (isinstance(tags, list) and tag in tags)
+
+
+class Store:
+    """One results database. Build it with `open_store`."""
+
+    def __init__(self, engine: Engine, home: Path, url: str) -> None:
+        self.engine = engine
+        self.home = home
+        self.url = url
+        self.session = sessionmaker(engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def checkpoint_dir(self, run_id: int) -> Path:
+        return self.home / "checkpoints" / str(run_id)
+
+    # writing
+    def run(
+        self,
+        kind: str,
+        *,
+        config: BaseModel,
+        seed: int | None = None,
+        parent_id: int | None = None,
+        recipe: str | None = None,
+        tags: Sequence[str] = (),
+        rule: str | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
+        task: str | None = None,
+        device: str | None = None,
+    ) -> RunContext:
+        """A run as a context manager yielding its `RunRecorder`. The row is committed as 'running' at
+        entry; on exit it is 'finished', or 'failed' with the error for ANY exception (also
+        KeyboardInterrupt), which is re-raised."""
+        data = config.model_dump(mode="json")
+        row = Run(
+            kind=kind, status="running", recipe=recipe, tags=list(tags), config=jsonable(data),
+            config_hash=config_hash(data), seed=seed, rule=rule, model=model, dataset=dataset, task=task,
+            parent_id=parent_id, git_commit=git_commit(), versions=package_versions(), device=device,
+            host=socket.gethostname(), started_at=_now(), summary={},
+        )
+        return RunContext(self, row)
+
+    # queries
+    def get_run(self, ref: int | str) -> Run:
+        try:
+            run_id = int(str(ref).strip().lstrip("#"))
+        except ValueError:
+            raise RunNotFoundError(f"run {ref!r} is not a run id; list runs with `ssbench runs`") from None
+        with self.session() as s:
+            run = s.get(Run, run_id)
+        if run is None:
+            raise RunNotFoundError(f"no run {run_id} in {self!r}; list runs with `ssbench runs`")
+        return run
+
+    def list_runs(
+        self,
+        kind: str | None = None,
+        status: str | None = None,
+        rule: str | None = None,
+        model: str | None = None,
+        dataset: str | None = None,
+        recipe: str | None = None,
+        tag: str | None = None,
+        parent_id: int | None = None,
+        limit: int | None = None,
+    ) -> list[Run]:
+        """Runs matching every given filter, oldest first (`limit` keeps the newest)."""
+        stmt = _apply_run_filters(select(Run), kind=kind, status=status, rule=rule, model=model, dataset=dataset,
+                                  recipe=recipe, parent_id=parent_id).order_by(Run.id.desc())
+        with self.session() as s:
+            runs = [r for r in s.scalars(stmt) if _has_tag(r.tags, tag)]
+        if limit is not None:
+            runs = runs[:limit]
+        return runs[::-1]
+
+    def find_finished(self, kind: str, config_hash: str) -> Run | None:
+        """The newest finished run of `kind` with this configuration hash (recipe resume)."""
+        stmt = (select(Run).where(Run.kind == kind, Run.config_hash == config_hash, Run.status == "finished")
+                .order_by(Run.id.desc()).limit(1))
+        with self.session() as s:
+            return s.scalars(stmt).first()
+
+    def checkpoint(self, run_id: int, tag: str = "best") -> Checkpoint:
+        with self.session() as s:
+            row = s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.tag == tag)).first()
+            if row is None:
+                tags = s.scalars(select(Checkpoint.tag).where(Checkpoint.run_id == run_id)).all()
+        if row is None:
+            self.get_run(run_id)  # unknown run: say so
+            from ssbench.errors import CheckpointError
+
+            have = ", ".join(sorted(tags)) or "none"
+            raise CheckpointError(f"run {run_id} has no checkpoint {tag!r} (it has: {have})")
+        return row
+
+    def checkpoints(self, run_id: int) -> list[Checkpoint]:
+        with self.session() as s:
+            return list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id)))
+
+    def children(self, run_id: int, kind: str | None = None) -> list[Run]:
+        return self.list_runs(kind=kind, parent_id=run_id)
+
+    # pandas loaders (the report's only way in)
+    def _frame(self, stmt: Select) -> pd.DataFrame:
+        with self.engine.connect() as conn:
+            result = conn.execute(stmt)
+            keys = list(result.keys())
+            rows = [tuple(r) for r in result]
+        return pd.DataFrame.from_records(rows, columns=keys)
+
+    def frame_runs(self, **filters: Any) -> pd.DataFrame:
+        """One row per run (all columns of `runs`). Filters: any run column name = value, plus tag."""
+        tag = filters.pop("tag", None)
+        df = self._frame(_apply_run_filters(select(*Run.__table__.columns), **filters).order_by(Run.id))
+        if tag is not None:
+            df = df[df["tags"].map(lambda t: _has_tag(t, tag))].reset_index(drop=True)
+        return df
+
+    def _joined(self, child: Any, columns: Sequence[Any], filters: dict[str, Any]) -> pd.DataFrame:
+        tag = filters.pop("tag", None)
+        run_cols = [Run.kind, Run.status, Run.rule, Run.model, Run.dataset, Run.seed, Run.task, Run.recipe,
+                    Run.tags, Run.parent_id]
+        stmt = select(*columns, *run_cols).join(Run, Run.id == child.run_id)
+        stmt = _apply_run_filters(stmt, **filters).order_by(child.id)
+        df = self._frame(stmt)
+        if tag is not None:
+            df = df[df["tags"].map(lambda t: _has_tag(t, tag))].reset_index(drop=True)
+        return df
+
+    def frame_metrics(self, **filters: Any) -> pd.DataFrame:
+        """Per-epoch metrics (long form) with the run's kind/status/rule/model/dataset/seed/task/recipe/tags."""
+        return self._joined(Metric, [Metric.run_id, Metric.epoch, Metric.split, Metric.name, Metric.value, Metric.seconds], filters)
+
+    def frame_alignment(self, **filters: Any) -> pd.DataFrame:
+        return self._joined(Alignment, [Alignment.run_id, Alignment.epoch, Alignment.layer, Alignment.angle_deg,
+                                        Alignment.norm_ratio, Alignment.grad_angle_deg], filters)
+
+    def frame_evaluations(self, **filters: Any) -> pd.DataFrame:
+        return self._joined(Evaluation, [Evaluation.run_id, Evaluation.metric, Evaluation.value, Evaluation.split,
+                                         Evaluation.params], filters)
+
+    def frame_sanity(self, **filters: Any) -> pd.DataFrame:
+        return self._joined(SanityCheckRow, [SanityCheckRow.run_id, SanityCheckRow.name, SanityCheckRow.passed,
+                                             SanityCheckRow.value, SanityCheckRow.detail, SanityCheckRow.attack,
+                                             SanityCheckRow.mode], filters)
+
+    def frame_sweeps(self, **filters: Any) -> pd.DataFrame:
+        """Sweep points joined to their attack run and its parent (the attacked model run).
+
+        Columns: the point's (run_id = attack run, sweep, attack, mode, epsilon, n, robust, metric, seconds,
+        params, correct); attack_status, attack_seed, attack_recipe, attack_tags; target_id and the
+        target's kind, rule, model, dataset, seed, task, recipe, tags (falling back to the attack run's
+        own values when it has no parent). Filters apply to the target's values (status: the attack run's).
+        """
+        atk = aliased(Run, name="atk")
+        tgt = aliased(Run, name="tgt")
+        P = SweepPointRow
+        cols = [
+            P.run_id, P.sweep, P.attack, P.mode, P.epsilon, P.n, P.robust, P.metric, P.seconds, P.params, P.correct,
+            atk.status.label("attack_status"), atk.seed.label("attack_seed"), atk.recipe.label("attack_recipe"),
+            atk.tags.label("attack_tags"), atk.parent_id.label("target_id"), tgt.kind.label("target_kind"),
+            tgt.tags.label("target_tags"),
+        ]
+        for name in ("rule", "model", "dataset", "seed", "task", "recipe"):
+            cols.append(func.coalesce(getattr(tgt, name), getattr(atk, name)).label(name))
+        stmt = select(*cols).join(atk, atk.id == P.run_id).outerjoin(tgt, tgt.id == atk.parent_id).order_by(P.id)
+        tag = filters.pop("tag", None)
+        status = filters.pop("status", None)
+        if status is not None:
+            stmt = stmt.where(atk.status == status)
+        for key, value in filters.items():
+            if value is not None:
+                stmt = stmt.where(func.coalesce(getattr(tgt, key), getattr(atk, key)) == value)
+        df = self._frame(stmt)
+        df["tags"] = [t if t is not None else a for t, a in zip(df["target_tags"], df["attack_tags"])] if len(df) else []
+        df = df.drop(columns=["target_tags"])
+        if tag is not None:
+            keep = [_has_tag(t, tag) or _has_tag(a, tag) for t, a in zip(df["tags"], df["attack_tags"])]
+            df = df[keep].reset_index(drop=True)
+        return df
+
+
+def open_store(url: str | None = None) -> Store:
+    """Open (and migrate to head) the results store at `url`, SSBENCH_DB, or
+    sqlite:///<SSBENCH_HOME or ./ssbench-results>/results.db.
+
+    `Store.home` (checkpoints live in `home/checkpoints/<run_id>/`) is the SQLite file's folder, else
+    SSBENCH_HOME, else ./ssbench-results."""
+    url = resolve_url(url)
+    engine = make_engine(url)
+    migrate(engine)
+    path = sqlite_file(url)
+    home = path.parent if path is not None else default_home()
+    return Store(engine, home, url)
