@@ -1,0 +1,81 @@
+"""The README's main job, end to end through the CLI at reduced size: the quickstart recipe on
+Fashion-MNIST (pretrain 0-4 -> finetune 5-9 with five rules -> FGSM/PGD feedback & exact -> report).
+Checks that the report's numbers are the database's and that the plots hold the expected series."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ssbench.cli import app
+from ssbench.report.plots import plot_robustness
+from ssbench.report.tables import ReportFilter, robust_table
+from ssbench.store import open_store
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="apt-get install dataset-fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("qs")
+    url = f"sqlite:///{tmp / 'results.db'}"
+    out = tmp / "report"
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, [
+        "run", str(REPO / "recipes" / "quickstart.yaml"), "--epochs", "1", "--train-limit", "1500",
+        "--test-limit", "400", "--n", "40", "--out", str(out), "--db", url, "--quiet",
+    ])
+    assert result.exit_code == 0, result.output
+    return out, url
+
+
+def test_runs_are_all_there(quickstart: tuple[Path, str]) -> None:
+    _, url = quickstart
+    runs = open_store(url).list_runs()
+    assert [r.kind for r in runs].count("pretrain") == 1
+    assert sorted(r.rule for r in runs if r.kind == "finetune") == ["bp", "brsf", "fa", "frsf", "usf"]
+    assert [r.kind for r in runs].count("attack") == 5
+    assert all(r.status == "finished" for r in runs)
+
+
+def test_csv_tables_equal_the_database(quickstart: tuple[Path, str]) -> None:
+    out, url = quickstart
+    store = open_store(url)
+    with open(out / "robust.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    sweeps = store.frame_sweeps()
+    assert len(sweeps) > 0
+    by_key = {(r.rule, r.attack, r.mode, round(r.epsilon, 6)): r.robust for r in sweeps.itertuples()}
+    seen = 0
+    for row in rows:
+        key = (row["rule"], row["attack"], row["mode"], round(float(row["epsilon"]), 6))
+        if row["mode"] == "worst":
+            continue
+        assert float(row["robust_mean"]) == pytest.approx(by_key[key], abs=1e-12)
+        seen += 1
+    assert seen == len(sweeps)  # every stored point is in the table, once
+    with open(out / "clean.csv") as fh:
+        clean = {(r["kind"], r["rule"]): float(r["accuracy_mean"]) for r in csv.DictReader(fh)}
+    evals = store.frame_evaluations()
+    for run in store.list_runs(kind="finetune"):
+        stored = evals[(evals.run_id == run.id) & (evals.metric == "accuracy")].value.item()
+        assert clean[("finetune", run.rule)] == pytest.approx(stored, abs=1e-12)
+    md = (out / "clean.md").read_text()
+    assert "usf" in md and "frsf" in md
+
+
+def test_plot_is_png_with_expected_series(quickstart: tuple[Path, str]) -> None:
+    out, url = quickstart
+    pngs = sorted(out.glob("robust_*.png"))
+    assert pngs, list(out.iterdir())
+    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_robustness(robust_table(open_store(url), ReportFilter(recipe="quickstart")))
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
+    assert titles == ["fgsm", "pgd"] or sorted(titles) == ["fgsm", "pgd"]
+    ax = fig.axes[0]
+    labels = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+    for rule in ("bp", "usf", "frsf", "brsf", "fa"):
+        assert labels[f"{rule} exact"] == "-"  # exact solid
+        assert labels[f"{rule} feedback"] == "--"  # feedback dashed
