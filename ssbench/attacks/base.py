@@ -67,6 +67,11 @@ class Attack:
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:
         raise NotImplementedError(f"{self.name} is a minimum-norm attack; use min_distance")
 
+    def direction(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor | None:
+        """For attacks whose example is clamp(x + eps * d) with d independent of eps (FGSM): d.
+        A sweep then needs one gradient per example for the whole grid, not one per eps."""
+        return None
+
     # -- minimum-norm attacks ------------------------------------------------------------------
     def min_distance(
         self, model: nn.Module, x: Tensor, y: Tensor, *, pool_x: Tensor, pool_y: Tensor, call: int = 0

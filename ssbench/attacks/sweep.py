@@ -116,13 +116,17 @@ def run_sweep(
             _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size, pool, on_eps)
             return curve
         alive = clean_correct.clone()
+        directions = _directions(attack, grad_model, x, y, clean_correct, batch_size) if fast else None
         for k, eps in enumerate(grid):
             t0 = time.perf_counter()
             idx = (alive if fast else clean_correct).nonzero().flatten()
             broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
             for b in range(0, len(idx), batch_size):
                 j = idx[b : b + batch_size]
-                adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b)
+                if directions is not None:  # one gradient for the whole grid (FGSM)
+                    adv = x[j] if eps == 0 else (x[j] + eps * directions[j]).clamp(0, 1)
+                else:
+                    adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b)
                 check_budget(attack, x[j], adv, eps)
                 broken[j] = predict(target, adv, batch_size) != y[j]
             if fast:
@@ -143,6 +147,18 @@ def run_sweep(
     finally:
         for n, m in target.named_modules():
             m.training = was_training.get(n, m.training)
+
+
+def _directions(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, batch_size: int) -> Tensor | None:
+    """Fixed perturbation directions of the examples in ``rows`` (zeros elsewhere), or None."""
+    idx = rows.nonzero().flatten()
+    if len(idx) == 0 or attack.direction(model, x[idx[:1]], y[idx[:1]]) is None:
+        return None
+    out = torch.zeros_like(x)
+    for b in range(0, len(idx), batch_size):
+        j = idx[b : b + batch_size]
+        out[j] = attack.direction(model, x[j], y[j])
+    return out
 
 
 def _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size, pool, on_eps) -> None:  # noqa: ANN001
