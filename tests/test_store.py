@@ -51,7 +51,7 @@ def test_migration_from_empty_file_creates_all_tables_at_head(tmp_path, monkeypa
     (version,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
     con.close()
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    assert [version] == heads and (MIGRATIONS / "versions" / f"{version}_initial.py").exists()
+    assert [version] == heads and len(list((MIGRATIONS / "versions").glob(f"{version}_*.py"))) == 1
     # the hand-written migration and the ORM describe the same schema
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
@@ -232,3 +232,105 @@ def test_queries(store):
         with pytest.raises(RunNotFoundError) as err:
             store.get_run(ref)
         assert "\n" not in str(err.value)
+
+
+def test_upgrade_from_revision_0001_keeps_rows(tmp_path):
+    """A database written by the first release (revision 0001) migrates on open and keeps its runs."""
+    from alembic import command
+
+    from ssbench.store.engine import alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+        conn.commit()
+        conn.exec_driver_sql(
+            "INSERT INTO runs (kind, status, tags, config, config_hash, versions, started_at, summary) "
+            "VALUES ('pretrain', 'finished', '[]', '{}', 'h', '{}', '2026-01-01 00:00:00', '{}')")
+        conn.commit()
+    engine.dispose()
+    store = open_store(url)
+    run = store.get_run(1)
+    assert run.kind == "pretrain" and run.status == "finished" and run.pid is None and run.heartbeat_at is None
+    assert store.liveness(run) is None
+    store.close()
+
+
+def _killed_run(url: str) -> None:
+    """A child process starts a run and is SIGKILLed inside it (no Python runs to mark it)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from pydantic import BaseModel\n"
+        "from ssbench.store import open_store\n"
+        "class C(BaseModel):\n    a: int = 1\n"
+        f"s = open_store({url!r})\n"
+        "with s.run('pretrain', config=C()) as rec:\n"
+        "    rec.log_epoch(1, 'train', {'loss': 1.0})\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_killed_process_leaves_a_stale_run_that_fail_stale_marks(tmp_path):
+    """SIGKILL runs no Python: the run stays 'running'. The store tells its process is gone."""
+    import os
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    _killed_run(url)
+    store = open_store(url)
+    (run,) = store.list_runs()
+    assert run.status == "running" and run.pid not in (None, os.getpid())
+    assert run.heartbeat_at is not None and run.heartbeat_at >= run.started_at  # log_epoch touched it
+    assert store.liveness(run) == "gone"
+    # a live run of this very process is not touched; a run of another host is 'unknown'
+    with store.run("pretrain", config=Cfg()) as rec:
+        me = store.get_run(rec.run_id)
+        assert store.liveness(me) == "alive"
+        assert store.fail_stale() == [run.id]
+        assert store.get_run(rec.run_id).status == "running"
+    after = store.get_run(run.id)
+    assert after.status == "failed" and after.error.startswith("StaleRun: process")
+    assert store.fail_stale() == []
+    other = store.get_run(run.id)
+    other.status, other.host = "running", "elsewhere.example"
+    assert store.liveness(other) == "unknown"
+    store.close()
+
+
+def test_git_commit_is_the_source_checkout_not_the_working_directory(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    import ssbench
+    from ssbench.store.store import git_commit
+
+    root = Path(ssbench.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("ssbench is not running from a git checkout")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    monkeypatch.chdir(tmp_path)  # a user's own (empty) repository as working directory
+    commit = git_commit()
+    assert commit is not None and commit.split("-")[0] == head
+
+
+def test_cli_runs_shows_gone_runs_and_fail_stale_marks_them(tmp_path):
+    from typer.testing import CliRunner
+
+    from ssbench.cli import app
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    _killed_run(url)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    r = runner.invoke(app, ["runs", "--db", url])
+    assert r.exit_code == 0 and "running (gone)" in r.output, r.output
+    r = runner.invoke(app, ["runs", "--db", url, "--fail-stale"])
+    assert r.exit_code == 0 and "marked 1 stale run(s) failed: 1" in r.output, r.output
+    assert "running (gone)" not in r.output and "StaleRun" in r.output
+    assert open_store(url).get_run(1).status == "failed"

@@ -39,6 +39,12 @@ def _fmt_seconds(s: Any) -> str:
 STATUS_STYLE = {"finished": "green", "failed": "bold red", "running": "yellow"}
 
 
+def _status_cell(store: Any, run: Any) -> str:
+    if store.liveness(run) == "gone":
+        return "[bold red]running (gone)[/]"
+    return f"[{STATUS_STYLE.get(run.status, '')}]{run.status}[/]"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs(
@@ -52,12 +58,15 @@ def register(app: typer.Typer) -> None:
         tag: Annotated[str | None, typer.Option(help="runs carrying this tag")] = None,
         parent: Annotated[int | None, typer.Option(help="children of this run (fine-tunes of a pretrain, attacks of a model)")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", help="show the newest N runs (0 = all)")] = 50,
+        fail_stale: Annotated[bool, typer.Option("--fail-stale", help="mark failed the 'running' runs of this host whose process is gone (SIGKILL, out of memory)")] = False,
     ) -> None:
         """List runs in the results store, oldest first (the newest --limit of them).
 
         The id is what `ssbench show ID`, `finetune --from ID` and `attack ID` take. Key metric:
         test accuracy (or mAP) of training runs, the worst case over gradient modes at the largest ε
-        of attack runs, the error of failed runs. A run left 'running' by a killed process stays so.
+        of attack runs, the error of failed runs. A 'running' run whose process on this host is gone
+        (SIGKILL, out of memory: no Python code ran to mark it) shows as 'running (gone)';
+        --fail-stale marks those failed.
         """
         from rich.console import Console
         from rich.table import Table
@@ -65,9 +74,12 @@ def register(app: typer.Typer) -> None:
         from ssbench.store import open_store
 
         store = open_store(db)
+        console = Console()
+        if fail_stale:
+            ids = store.fail_stale()
+            console.print(f"marked {len(ids)} stale run(s) failed" + (f": {', '.join(map(str, ids))}" if ids else ""))
         rows = store.list_runs(kind=kind, status=status, rule=rule, model=model, dataset=dataset, recipe=recipe,
                                tag=tag, parent_id=parent, limit=limit or None)
-        console = Console()
         if not rows:
             console.print("no runs match; start with `ssbench pretrain` or `ssbench run recipes/quickstart.yaml`")
             return
@@ -83,7 +95,7 @@ def register(app: typer.Typer) -> None:
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for r in rows:
             table.add_row(
-                str(r.id), r.kind, f"[{STATUS_STYLE.get(r.status, '')}]{r.status}[/]",
+                str(r.id), r.kind, _status_cell(store, r),
                 "" if r.parent_id is None else str(r.parent_id), r.rule or "", r.model or "", r.dataset or "",
                 "" if r.seed is None else str(r.seed), key_metric(r, evaluations).replace("[", r"\["),
                 _fmt_time(r.started_at), _fmt_seconds(r.seconds),
@@ -109,8 +121,7 @@ def register(app: typer.Typer) -> None:
         store = open_store(db)
         run = store.get_run(run_ref)
         console = Console()
-        style = STATUS_STYLE.get(run.status, "")
-        console.print(f"[bold]run {run.id}[/] {run.kind} [{style}]{run.status}[/]"
+        console.print(f"[bold]run {run.id}[/] {run.kind} {_status_cell(store, run)}"
                       + (f"  parent {run.parent_id}" if run.parent_id is not None else ""))
         facts = {
             "rule": run.rule, "model": run.model, "dataset": run.dataset, "task": run.task, "seed": run.seed,

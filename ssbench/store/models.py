@@ -66,6 +66,8 @@ class Run(Base):
     versions: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     device: Mapped[str | None] = mapped_column(String(64))
     host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)  # process that owns a 'running' run (revision 0002)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last row written
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     seconds: Mapped[float | None] = mapped_column(Float)

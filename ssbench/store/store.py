@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel
-from sqlalchemy import Engine, Select, func, select
+from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.orm import aliased, sessionmaker
 
 from ssbench.errors import RunNotFoundError
@@ -114,8 +114,15 @@ def _git_commit(cwd: str) -> str | None:
 
 
 def git_commit() -> str | None:
-    """HEAD of the git repository around the working directory, '-dirty' when tracked files changed."""
-    return _git_commit(os.getcwd())
+    """HEAD of the git repository holding the ssbench source that runs, '-dirty' when tracked files
+    changed; None for an installed (non-editable) package, whose version is in `versions`.
+
+    Not the working directory's repository: a user running ssbench from their own project would
+    otherwise record *their* commit as the code that produced the numbers."""
+    source = Path(__file__).resolve().parents[2]  # .../ssbench/store/store.py -> checkout root
+    if not (source / ".git").exists():
+        return None
+    return _git_commit(str(source))
 
 
 @lru_cache(maxsize=1)
@@ -132,6 +139,30 @@ def package_versions() -> dict[str, str | None]:
         out["ssbench"] = __version__
     out["python"] = platform.python_version()
     return out
+
+
+def _process_started_before(pid: int, started_at: datetime | None) -> bool:
+    """Does process `pid` exist, and (where /proc tells) did it start before the run did? A pid
+    that a newer process reuses must not keep a dead run 'alive'."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    stat = Path(f"/proc/{pid}/stat")
+    if started_at is None or not stat.exists():
+        return True
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of proc(5): start time in clock ticks after boot
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        born = boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return True
+    start = started_at if started_at.tzinfo else started_at.replace(tzinfo=timezone.utc)
+    return born <= start.timestamp() + 2.0  # 2 s: clock-tick and btime rounding
 
 
 def _error_line(exc: BaseException) -> str:
@@ -152,6 +183,11 @@ class RunRecorder:
     def _add(self, rows: Iterable[Any]) -> None:
         with self._store.session() as s, s.begin():
             s.add_all(list(rows))
+            self._touch(s)
+
+    def _touch(self, session: Any) -> None:
+        """Heartbeat: every write says the run's process is still alive (see `Store.liveness`)."""
+        session.execute(update(Run).where(Run.id == self.run_id).values(heartbeat_at=_now()))
 
     def log_epoch(self, epoch: int, split: str, metrics: dict[str, float], seconds: float | None = None) -> None:
         self._add(Metric(run_id=self.run_id, epoch=int(epoch), split=split, name=str(k), value=_num(v), seconds=_num(seconds))
@@ -175,6 +211,7 @@ class RunRecorder:
             s.flush()
             s.add(Checkpoint(run_id=self.run_id, tag=tag, path=str(path.resolve()), sha256=digest,
                              epoch=epoch, metric=_num(metric), created_at=_now()))
+            self._touch(s)
 
     def add_sweep(self, points: Sequence[SweepPoint]) -> None:
         """All points of one sweep in one transaction: a failure stores none of them."""
@@ -191,6 +228,7 @@ class RunRecorder:
                 )
                 for p in points
             )
+            self._touch(s)
 
     def add_sanity(self, checks: Sequence[SanityCheck]) -> None:
         self._add(SanityCheckRow(run_id=self.run_id, name=c.name, passed=None if c.passed is None else bool(c.passed),
@@ -203,6 +241,7 @@ class RunRecorder:
             run = s.get(Run, self.run_id)
             assert run is not None
             run.summary = {**(run.summary or {}), **jsonable(kv)}
+            run.heartbeat_at = _now()
 
 
 class RunContext:
@@ -302,7 +341,7 @@ class Store:
             kind=kind, status="running", recipe=recipe, tags=list(tags), config=jsonable(data),
             config_hash=config_hash(data), seed=seed, rule=rule, model=model, dataset=dataset, task=task,
             parent_id=parent_id, git_commit=git_commit(), versions=package_versions(), device=device,
-            host=socket.gethostname(), started_at=_now(), summary={},
+            host=socket.gethostname(), pid=os.getpid(), started_at=_now(), heartbeat_at=_now(), summary={},
         )
         return RunContext(self, row)
 
@@ -362,6 +401,30 @@ class Store:
     def checkpoints(self, run_id: int) -> list[Checkpoint]:
         with self.session() as s:
             return list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id)))
+
+    def liveness(self, run: Run) -> str | None:
+        """For a 'running' run: 'alive' (its process exists on this host), 'gone' (it ran on this
+        host and its process has ended: SIGKILL, out of memory, power loss), 'unknown' (another host,
+        or no pid recorded); None for finished and failed runs."""
+        if run.status != "running":
+            return None
+        if run.pid is None or run.host != socket.gethostname():
+            return "unknown"
+        return "alive" if _process_started_before(run.pid, run.started_at) else "gone"
+
+    def fail_stale(self) -> list[int]:
+        """Mark failed every 'running' run whose process is gone (same host only: a pid on another
+        host says nothing here). Returns their ids. Nothing else about the run is touched."""
+        stale = [r for r in self.list_runs(status="running") if self.liveness(r) == "gone"]
+        with self.session() as s, s.begin():
+            for r in stale:
+                row = s.get(Run, r.id)
+                if row is not None and row.status == "running":
+                    row.status = "failed"
+                    row.finished_at = _now()
+                    row.error = (f"StaleRun: process {r.pid} on {r.host} ended without finishing the run "
+                                 "(killed, out of memory or power loss); marked failed by `ssbench runs --fail-stale`")
+        return [r.id for r in stale]
 
     def children(self, run_id: int, kind: str | None = None) -> list[Run]:
         return self.list_runs(kind=kind, parent_id=run_id)
