@@ -2,12 +2,18 @@
 
 A recipe is parsed into a `Recipe` (pydantic, unknown keys are errors), expanded into concrete
 `TrainSpec` / `AttackSpec` jobs, and run in order. A job whose exact config already finished in the
-store is skipped (resume); a failed one is simply run again.
+store is skipped (resume). A job that fails is reported and the grid goes on (jobs that need its
+result are skipped); rerunning the recipe retries exactly the failed and skipped ones.
+
+`requires: [gpu, network]` is checked before any job runs; `tags: [...]` label every run the
+recipe creates (tags are part of each run's configuration, like the recipe name).
 """
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -63,6 +69,7 @@ class Recipe(Spec):
     name: str
     description: str = ""
     requires: tuple[Literal["gpu", "network"], ...] = ()
+    tags: tuple[str, ...] = Field(default=(), description="labels stored on every run (ssbench report --tag)")
     seeds: tuple[int, ...] = (0,)
     data: DataSpec = DataSpec()
     models: tuple[ModelSpec, ...] = (ModelSpec(),)
@@ -118,8 +125,57 @@ def _stage_spec(stage: TrainStage, recipe: Recipe, ov: Overrides, **fields: Any)
         data=data, optim=stage.optim, epochs=ov.epochs or stage.epochs, batch_size=stage.batch_size, task=stage.task,
         hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
         track_grad_alignment=stage.track_grad_alignment, device=ov.device or recipe.device, recipe=recipe.name,
-        **fields,
+        tags=recipe.tags, **fields,
     )
+
+
+# hosts the network recipes need (torchvision weights, CIFAR); reaching one is taken as "online"
+PROBE_HOSTS = (("download.pytorch.org", 443), ("www.cs.toronto.edu", 443))
+
+
+def network_available(hosts: tuple[tuple[str, int], ...] = PROBE_HOSTS, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to any probe host opens within ``timeout`` seconds (DNS included:
+    the probe runs in a daemon thread, since name resolution itself has no timeout)."""
+    ok = threading.Event()
+
+    def probe() -> None:
+        for host in hosts:
+            try:
+                socket.create_connection(host, timeout=timeout).close()
+                ok.set()
+                return
+            except OSError:
+                continue
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout * len(hosts) + 1.0)
+    return ok.is_set()
+
+
+def missing_requirements(recipe: Recipe) -> list[str]:
+    """The recipe's `requires` this machine lacks, each as a short reason."""
+    import torch
+
+    out = []
+    if "gpu" in recipe.requires and not torch.cuda.is_available():
+        out.append("a GPU (torch sees no CUDA device)")
+    if "network" in recipe.requires and not network_available():
+        out.append("a network (could not reach " + ", ".join(h for h, _ in PROBE_HOSTS) + ")")
+    return out
+
+
+def check_requirements(recipe: Recipe) -> None:
+    missing = missing_requirements(recipe)
+    if missing:
+        raise SpecError(f"recipe {recipe.name} requires {' and '.join(missing)}; run it elsewhere or pass --force")
+
+
+@dataclass
+class Failure:
+    kind: str
+    what: str  # e.g. "finetune fa lenet seed 0"
+    error: str  # one line; "skipped: ..." when a job it needs failed
 
 
 @dataclass
@@ -127,6 +183,21 @@ class RecipeResult:
     trained: list[int]
     attacks: list[int]
     skipped: int
+    failed: list[Failure] = field(default_factory=list)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _describe(kind: str, spec: Any) -> str:
+    if kind == "attack":
+        return f"attack {spec.suite} on run {spec.target} seed {spec.seed}"
+    rule = f" {spec.rule.name}" if kind != "pretrain" else ""
+    theta = f" theta {spec.rule.theta:g}" if spec.rule.theta is not None else ""
+    return f"{kind}{rule}{theta} {spec.model.name} seed {spec.seed}" + (
+        f" train_limit {spec.data.train_limit}" if spec.data.train_limit is not None else "")
 
 
 def run_recipe(
@@ -137,25 +208,44 @@ def run_recipe(
     log: Callable[[str], None] = print,
     train: Callable[..., int] | None = None,
     attack: Callable[..., int] | None = None,
+    force: bool = False,
 ) -> RecipeResult:
-    """Run every job of the grid in order, skipping those already finished in `store`."""
+    """Run every job of the grid in order, skipping those already finished in `store`.
+
+    A failing job (any Exception; KeyboardInterrupt still stops the grid) is logged and listed in
+    `RecipeResult.failed`; jobs that need its run (the fine-tunes of a failed pretrain, the attack
+    of a failed fine-tune) are listed as skipped failures. `force` skips the `requires` check.
+    """
     from ssbench.store import config_hash
 
+    if not force:
+        check_requirements(recipe)
     if train is None:
         from ssbench.training import run_training as train
     if attack is None and recipe.attack is not None:
         from ssbench.attacks import run_attack as attack
 
     trained, attacks, skipped = [], [], 0
+    failed: list[Failure] = []
 
-    def once(kind: str, spec: Any, runner: Callable[..., int]) -> int:
+    def once(kind: str, spec: Any, runner: Callable[..., int]) -> int | None:
         nonlocal skipped
         done = store.find_finished(kind, config_hash(spec))
         if done is not None:
             skipped += 1
             log(f"skip {kind} (finished as run {done.id})")
             return int(done.id)
-        return runner(spec, store)
+        try:
+            return runner(spec, store)
+        except Exception as err:  # noqa: BLE001  (the store marked the run failed; the grid goes on)
+            what = _describe(kind, spec)
+            failed.append(Failure(kind, what, _one_line(err)))
+            log(f"FAILED {what}: {_one_line(err)}")
+            return None
+
+    def blocked(kind: str, what: str, because: str) -> None:
+        failed.append(Failure(kind, what, f"skipped: {because}"))
+        log(f"skip {what}: {because}")
 
     seeds = ov.seeds or recipe.seeds
     for seed in seeds:
@@ -166,6 +256,10 @@ def run_recipe(
                 if recipe.pretrain is not None and not recipe.finetune.from_scratch:
                     pre = _stage_spec(recipe.pretrain, recipe, rv, kind="pretrain", model=model, seed=seed)
                     source = once("pretrain", pre, train)
+                    if source is None:
+                        for rule in recipe.finetune.rules:
+                            blocked("finetune", f"finetune {rule.name} {model.name} seed {seed}", "its pretrain failed")
+                        continue
                     trained.append(source)
                 group = []
                 for rule in recipe.finetune.rules:
@@ -174,7 +268,11 @@ def run_recipe(
                         recipe.finetune, recipe, rv, kind=kind, model=model, seed=seed, rule=rule,
                         source=None if source is None else str(source), reset_head=recipe.finetune.reset_head,
                     )
-                    group.append(once(kind, spec, train))
+                    run_id = once(kind, spec, train)
+                    if run_id is not None:
+                        group.append(run_id)
+                    elif recipe.attack is not None and attack is not None:
+                        blocked("attack", f"attack {recipe.attack.suite} of {_describe(kind, spec)}", "its training failed")
                 trained.extend(group)
                 # attacks after the whole group, so transfer mode finds the BP sibling
                 if recipe.attack is not None and attack is not None:
@@ -183,7 +281,9 @@ def run_recipe(
                         aspec = AttackSpec(
                             target=str(run_id), suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
                             n_examples=ov.n_examples or a.n_examples, batch_size=a.batch_size, steps=a.steps,
-                            seed=seed, device=ov.device or recipe.device, recipe=recipe.name,
+                            seed=seed, device=ov.device or recipe.device, recipe=recipe.name, tags=recipe.tags,
                         )
-                        attacks.append(once("attack", aspec, attack))
-    return RecipeResult(trained, attacks, skipped)
+                        done = once("attack", aspec, attack)
+                        if done is not None:
+                            attacks.append(done)
+    return RecipeResult(trained, attacks, skipped, failed)

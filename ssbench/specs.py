@@ -67,9 +67,24 @@ class OptimSpec(Spec):
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(default=0.0, ge=0)
     scheduler: Literal["none", "cosine", "step", "multistep"] = "none"
-    step_size: int = Field(default=30, ge=1)
-    milestones: tuple[int, ...] = ()
-    gamma: float = Field(default=0.1, gt=0)
+    step_size: int = Field(default=30, ge=1, description="step: epochs between lr decays")
+    milestones: tuple[int, ...] = Field(default=(), description="multistep: epochs at which the lr decays")
+    gamma: float = Field(default=0.1, gt=0, description="step / multistep: lr factor at each decay")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimSpec:
+        # options that would otherwise be silently ignored are errors
+        if self.scheduler == "multistep" and not self.milestones:
+            raise ValueError("scheduler multistep needs milestones (epochs, e.g. 30,60)")
+        if self.milestones and self.scheduler != "multistep":
+            raise ValueError(f"milestones are a multistep option, not one of scheduler {self.scheduler!r}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            raise ValueError(f"milestones {list(self.milestones)} must be increasing epochs >= 1")
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer sgd with momentum > 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas {list(self.betas)} must lie in [0, 1)")
+        return self
 
 
 class HashSpec(Spec):
@@ -96,7 +111,7 @@ class TrainSpec(Spec):
     device: str = "auto"
     select: Literal["best", "last"] = Field(default="best", description="which checkpoint the run exports (val accuracy)")
     source: str | None = Field(default=None, description="finetune: checkpoint path or run id to start from")
-    reset_head: bool | None = Field(default=None, description="new head; default: when the class count changes")
+    reset_head: bool | None = Field(default=None, description="new head; default: when the classes differ from the source's (other data set or class list)")
     track_alignment: bool = True
     track_grad_alignment: bool = False
     recipe: str | None = None
@@ -130,6 +145,12 @@ class AttackSpec(Spec):
     batch_size: int = Field(default=256, ge=1)
     steps: int | None = Field(default=None, ge=1, description="iterations of iterative attacks (default per attack)")
     surrogate: str | None = Field(default=None, description="transfer mode: run id of the BP surrogate")
+    transfer_optional: bool = Field(
+        default=False, description="skip transfer (with a note) when no BP sibling exists instead of failing (--mode all)"
+    )
+    loss: Literal["ce", "margin"] = Field(
+        default="ce", description="loss of fgsm/pgd: ce (the papers') or margin (CW, does not saturate)"
+    )
     seed: int = 0
     device: str = "auto"
     recipe: str | None = None
@@ -141,6 +162,41 @@ class AttackSpec(Spec):
         if len(set(v)) != len(v):
             raise ValueError("modes repeat")
         return v
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_fractions(cls, v: object) -> object:
+        # '8/255' and '0,2/255,4/255' (CLI, YAML) become floats; presets pass through
+        if isinstance(v, str):
+            return parse_eps(v)
+        if isinstance(v, (list, tuple)):
+            return tuple(parse_eps_value(e) for e in v)
+        return v
+
+
+def parse_eps_value(v: object) -> float:
+    """One budget: a number, or a fraction 'a/b' ('8/255'); >= 0. Raises ValueError."""
+    if isinstance(v, str):
+        num, sep, den = v.strip().partition("/")
+        try:
+            value = float(num) / float(den) if sep else float(num)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"epsilon {v!r} is not a number or a fraction like 8/255") from None
+    else:
+        value = float(v)  # type: ignore[arg-type]
+    if not value >= 0:  # also rejects nan
+        raise ValueError(f"epsilon {v!r} is negative")
+    return value
+
+
+def parse_eps(text: str) -> tuple[float, ...] | str:
+    """A preset name (paper, wide, cifar, hashing) or a list like '0,2/255,4/255,0.05'."""
+    if text.strip() in ("paper", "wide", "cifar", "hashing"):
+        return text.strip()
+    values = tuple(parse_eps_value(t) for t in text.split(",") if t.strip())
+    if not values:
+        raise ValueError(f"epsilon {text!r}: use paper, wide, cifar or a list like 0,2/255,8/255")
+    return values
 
 
 def resolve_eps(eps: tuple[float, ...] | str) -> tuple[float, ...]:

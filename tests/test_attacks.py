@@ -1,5 +1,5 @@
 """Every attack on a small batch: eps=0, threat model, BP accuracy drops, fast sweep = naive loop,
-eval mode / BatchNorm buffers untouched, library faults worked around."""
+eval mode / BatchNorm buffers untouched, library faults worked around, CE vs margin loss."""
 from __future__ import annotations
 
 import warnings
@@ -7,12 +7,14 @@ import warnings
 import foolbox as fb
 import pytest
 import torch
+import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from ssbench.attacks import ATTACKS, eval_guard, run_sweep, select_indices
+from ssbench.attacks import ATTACKS, eval_guard, gradient_source, run_sweep, select_indices
 from ssbench.attacks.base import seeded
-from test_attacks_common import accuracy, digits, trained
+from ssbench.errors import SsbenchError
+from test_attacks_common import Scaled, accuracy, digits, trained
 
 # small budgets so the whole file runs in seconds on CPU
 FAST = {"pgd": 10, "apgd-ce": 10, "apgd-dlr": 10, "tpgd": 5, "square": 300, "onepixel": 3, "boundary": 50, "hsj": 4}
@@ -66,8 +68,27 @@ def test_linf_budget_range_and_bp_accuracy_drops(name):
     adv = make(name).perturb(model, x, y, eps)
     assert float((adv - x).abs().max()) <= eps + 1e-6
     assert adv.min() >= 0 and adv.max() <= 1
-    if name != "tpgd":  # TPGD maximises KL, not the label loss; weaker at a fixed budget
-        assert accuracy(model, adv, y) < clean - 0.25
+    assert accuracy(model, adv, y) < clean - 0.25
+
+
+@pytest.mark.parametrize("name", ["tpgd", "onepixel", "boundary", "hsj"])
+def test_bp_accuracy_falls_along_the_curve(name):
+    """The attacks without a fixed-budget drop test above (or, for TPGD, whose loss is not the label
+    loss): on a BP model the curve starts at clean accuracy, never rises and ends below it. Budgeted
+    attacks run the naive per-eps loop so monotonicity is not built in by the cumulative rule."""
+    x, y = batch(16 if name == "onepixel" else 32)  # OnePixel's differential evolution is slow on CPU
+    model = trained("bp")
+    clean = accuracy(model, x, y)
+    minimum_norm = ATTACKS.get(name).minimum_norm
+    curve = run_sweep(make(name), model, model, x, y, [0.0, 0.05, 0.1, 0.2, 0.3], mode="exact",
+                      fast=minimum_norm)
+    r = curve.robust()
+    assert curve.eps[-1] == (5.0 if name == "onepixel" else 0.3)
+    assert r[0] == pytest.approx(clean)
+    assert r[-1] < clean - (0.1 if name == "boundary" else 0.3)  # boundary: 50 steps minimise l2 only
+    # per-eps runs draw fresh randomness at every budget: one example of slack
+    slack = 0.0 if minimum_norm else 1.0 / len(x) + 1e-9
+    assert all(b <= a + slack for a, b in zip(r, r[1:])), r
 
 
 def test_onepixel_changes_at_most_k_pixels():
@@ -198,3 +219,109 @@ def test_decision_attacks_survive_a_failed_random_init():
 def test_selection_is_a_fixed_prefix_of_a_seeded_permutation():
     a, b = select_indices(100, 10, 3), select_indices(100, 20, 3)
     assert a == b[:10] and len(set(b)) == 20 and select_indices(100, 10, 4) != a
+
+
+def test_margin_loss_brute_force():
+    from ssbench.attacks.losses import margin, runner_up
+
+    z = torch.randn(20, 7, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 7, (20,), generator=torch.Generator().manual_seed(1))
+    for i in range(20):
+        others = [(float(z[i, j]), j) for j in range(7) if j != int(y[i])]
+        best, j_star = max(others)
+        assert float(margin(z, y)[i]) == pytest.approx(best - float(z[i, y[i]]))
+        assert int(runner_up(z, y)[i]) == j_star
+
+
+def test_margin_pgd_loop_is_torchattacks_pgd_with_ce():
+    """pgd_linf (which runs the margin variant) has torchattacks.PGD's random start, step and
+    projection: with the CE loss and the same seed it returns the same images."""
+    from ssbench.attacks.pgd import pgd_linf
+
+    x, y = batch(24)
+    model = trained("bp")
+    with seeded(3, x.device):
+        ours = pgd_linf(model, x, y, 0.1, 0.02, 6, "ce")
+    with seeded(3, x.device):
+        theirs = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=6, random_start=True).forward(x, y)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_fgsm_ce_saturates_where_margin_does_not():
+    """Logits x1000 (same decisions): float32 CE is exactly 0 on confident examples, its exact
+    gradient too, sign(0) = 0 and FGSM leaves them where they are even at eps 0.3; the margin loss
+    breaks them. Independent reading: the CE input gradient of those examples, by plain autograd."""
+    x, y = batch(64)
+    model = Scaled(trained("fa"), 1000.0).eval()
+    grid = [0.0, 0.1, 0.3]
+    curves = {}
+    for loss in ("ce", "margin"):
+        with gradient_source("exact", model) as g:
+            curves[loss] = run_sweep(ATTACKS.get("fgsm")(loss=loss), model, g, x, y, grid, mode="exact")
+        assert all(p["loss"] == loss for p in curves[loss].params)
+    ce_alive, margin_alive = curves["ce"].correct[-1], curves["margin"].correct[-1]
+    stuck = ce_alive & ~margin_alive  # survive CE-FGSM at 0.3, broken by margin-FGSM
+    assert int(stuck.sum()) >= 10
+    assert float(margin_alive.float().mean()) < 0.2
+    with gradient_source("exact", model) as g:
+        xs = x[stuck].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(g(xs), y[stuck], reduction="sum"), xs)
+    assert (grad.flatten(1).abs().sum(1) == 0).all()
+
+
+def test_margin_pgd_within_budget_and_breaks_saturated_model():
+    x, y = batch(48)
+    model = Scaled(trained("fa"), 1000.0).eval()
+    clean = accuracy(model, x, y)
+    eps = 0.1
+    with gradient_source("exact", model) as g:
+        adv_m = ATTACKS.get("pgd")(steps=10, loss="margin").perturb(g, x, y, eps)
+        adv_c = ATTACKS.get("pgd")(steps=10, loss="ce").perturb(g, x, y, eps)
+    assert float((adv_m - x).abs().max()) <= eps + 1e-6 and adv_m.min() >= 0 and adv_m.max() <= 1
+    assert accuracy(model, adv_m, y) < accuracy(model, adv_c, y) - 0.2
+    assert accuracy(model, adv_c, y) > clean - 0.1  # CE: saturated, (almost) nothing moves
+
+
+def test_loss_option_is_validated_and_stored():
+    assert make("pgd").params(0.1)["loss"] == "ce"
+    assert ATTACKS.get("fgsm")(loss="margin").params(0.1)["loss"] == "margin"
+    assert ATTACKS.get("apgd-dlr")().params(0.1)["loss"] == "dlr"  # fixed losses keep their own
+    with pytest.raises(SsbenchError, match="loss"):
+        ATTACKS.get("pgd")(loss="hinge")
+    with pytest.raises(SsbenchError, match="fixed loss"):
+        ATTACKS.get("apgd-ce")(loss="margin")
+
+
+class BatchStats(nn.Module):
+    """A hidden layer normalised with the *batch's* statistics whatever eval() says (a BatchNorm
+    left in training mode by a custom forward): deterministic for a given batch, not per image."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        h = self.net[:3](x)
+        return self.net[3:](F.batch_norm(h, None, None, training=True))
+
+
+def test_eps0_check_catches_a_batch_dependent_forward():
+    from ssbench.attacks import curve_checks
+    from ssbench.attacks.starting import predict
+
+    x, y = batch(200)
+    leaky = BatchStats(trained("bp")).eval()
+    clean = predict(leaky, x, 256) == y
+    assert torch.equal(predict(leaky, x, 256) == y, clean)  # repeatable: same batching, same labels
+    for name in ("fgsm", "pgd", "tpgd"):
+        curve = run_sweep(make(name), leaky, leaky, x, y, [0.0, 0.1], mode="exact", batch_size=256)
+        check = [c for c in curve_checks([curve], float(clean.float().mean()), 10, clean_correct=clean)
+                 if c.name == "eps0_equals_clean"]
+        assert check[0].passed is False, name
+    sound = trained("bp")
+    clean = predict(sound, x) == y
+    curve = run_sweep(make("pgd"), sound, sound, x, y, [0.0, 0.1], mode="exact")
+    assert torch.equal(curve.correct[0], clean)
+    check = [c for c in curve_checks([curve], float(clean.float().mean()), 10, clean_correct=clean)
+             if c.name == "eps0_equals_clean"]
+    assert check[0].passed is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from ssbench.cli import app
@@ -87,3 +88,79 @@ def test_bad_recipe_is_one_line(tmp_path: Path) -> None:
     assert "finetune.epochz" in _error_line(result)
     result = runner.invoke(app, ["run", str(tmp_path / "missing.yaml"), *_db(tmp_path)])
     assert result.exit_code == 2 and "not found" in _error_line(result)
+
+
+def _train_lrs(db: list[str], run_id: int) -> list[float]:
+    from ssbench.store import open_store
+
+    m = open_store(db[1]).frame_metrics()
+    m = m[(m.run_id == run_id) & (m.split == "train") & (m.name == "lr")].sort_values("epoch")
+    return m.value.tolist()
+
+
+@pytest.mark.parametrize(
+    ("options", "make_scheduler"),
+    [
+        (["--scheduler", "multistep", "--milestones", "2,4", "--gamma", "0.5"],
+         lambda opt: torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[2, 4], gamma=0.5)),
+        (["--scheduler", "step", "--step-size", "2", "--gamma", "0.3"],
+         lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.3)),
+        (["--scheduler", "cosine"], lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=5)),
+    ],
+    ids=["multistep", "step", "cosine"],
+)
+def test_scheduler_lr_per_epoch_matches_torch(tmp_path: Path, options: list[str], make_scheduler) -> None:  # noqa: ANN001
+    db = _db(tmp_path)
+    result = runner.invoke(app, ["pretrain", "-d", "digits", "-m", "mlp", "--hidden", "16", "--train-limit", "100",
+                                 "-e", "5", "-b", "50", "--lr", "0.1", "-q", *options, *db])
+    assert result.exit_code == 0, result.output
+    # torch's own scheduler, stepped once per epoch: the lr each epoch trains with
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt)
+    expected = []
+    for _ in range(5):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert _train_lrs(db, 1) == pytest.approx(expected, rel=1e-12)
+
+
+def test_optimizer_options_reach_the_optimizer(tmp_path: Path) -> None:
+    from ssbench.specs import TrainSpec
+    from ssbench.store import open_store
+    from ssbench.training.optim import build_optimizer
+
+    db = _db(tmp_path)
+    common = ["pretrain", "-d", "digits", "-m", "mlp", "--hidden", "8", "--train-limit", "50", "-e", "1", "-q", *db]
+    assert runner.invoke(app, [*common, "--nesterov", "--momentum", "0.8"]).exit_code == 0
+    assert runner.invoke(app, [*common, "--optimizer", "adam", "--betas", "0.8,0.95", "--lr", "0.001"]).exit_code == 0
+    sgd, adam = (TrainSpec.model_validate(r.config) for r in open_store(db[1]).list_runs())
+    net = torch.nn.Linear(2, 2)
+    g = build_optimizer(net, sgd.optim).param_groups[0]
+    assert g["nesterov"] is True and g["momentum"] == 0.8
+    a = build_optimizer(net, adam.optim)
+    assert isinstance(a, torch.optim.Adam) and a.param_groups[0]["betas"] == (0.8, 0.95)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--scheduler", "multistep"], "scheduler multistep needs milestones"),
+        (["--milestones", "3"], "milestones are a multistep option"),
+        (["--optimizer", "adam", "--nesterov"], "nesterov needs optimizer sgd"),
+        (["--betas", "0.9"], "--betas '0.9': give two numbers"),
+    ],
+)
+def test_bad_optimizer_options_are_one_line(tmp_path: Path, options: list[str], message: str) -> None:
+    result = runner.invoke(app, ["pretrain", "-d", "digits", *options, *_db(tmp_path)])
+    assert result.exit_code == 2
+    assert message in _error_line(result)
+
+
+def test_unmet_recipe_requirement_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    recipe = tmp_path / "gpu.yaml"
+    recipe.write_text("name: big\nrequires: [gpu]\nfinetune:\n  from_scratch: true\n  rules: [bp]\n")
+    result = runner.invoke(app, ["run", str(recipe), *_db(tmp_path)])
+    assert result.exit_code == 2
+    assert "recipe big requires a GPU" in _error_line(result)

@@ -204,3 +204,84 @@ def test_real_fashion_mnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     t = load_data(DataSpec(name="fashion-mnist", classes=(5, 6, 7, 8, 9), download=False))
     assert len(t.train) + len(t.val) == 30000 and len(t.test) == 5000 and len(t.val) == 3000
     assert set(t.test.labels.tolist()) == {0, 1, 2, 3, 4}
+
+
+# -- list-file retrieval data (DeepHash layout) ----------------------------------------------------
+
+LIST_CLASSES = 4
+
+
+def make_list_folder(root: Path, *, n_db: int = 48, n_train: int = 32, n_query: int = 12, size: int = 8) -> dict:
+    """A tiny DeepHash folder: 8x8 PNGs whose quadrants light up with their labels (1-2 of 4 labels
+    each), train.txt (a subset of the database, as in the DeepHash lists), database.txt, test.txt.
+    Returns {"pixels": {path: uint8 HxWx3}, "labels": {path: [0/1]*4}}."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    pixels, labels = {}, {}
+    for i in range(n_db + n_query):
+        lab = np.zeros(LIST_CLASSES, dtype=int)
+        lab[rng.choice(LIST_CLASSES, size=rng.integers(1, 3), replace=False)] = 1
+        img = rng.integers(0, 60, size=(size, size, 3))
+        h = size // 2
+        for c in np.flatnonzero(lab):
+            img[(c // 2) * h:(c // 2 + 1) * h, (c % 2) * h:(c % 2 + 1) * h, :] += 180
+        img = img.clip(0, 255).astype(np.uint8)
+        rel = f"images/im{i:03d}.png"
+        Image.fromarray(img).save(root / rel)
+        pixels[rel], labels[rel] = img, lab.tolist()
+    names = sorted(pixels)
+
+    def write(file: str, rows: list[str]) -> None:
+        (root / file).write_text("".join(f"{r} {' '.join(map(str, labels[r]))}\n" for r in rows))
+
+    write("database.txt", names[:n_db])
+    write("train.txt", names[:n_train])
+    write("test.txt", names[n_db:])
+    return {"pixels": pixels, "labels": labels, "database": names[:n_db], "train": names[:n_train], "query": names[n_db:]}
+
+
+def test_list_retrieval_bundle(tmp_path: Path) -> None:
+    truth = make_list_folder(tmp_path)
+    b = load_data(DataSpec(name="list-retrieval", data_dir=tmp_path, image_size=8, val_fraction=0.25))
+    assert b.num_classes == LIST_CLASSES and b.in_channels == 3 and b.image_size == 8
+    assert b.retrieval is not None and b.test is b.retrieval.query and b.train is b.retrieval.train
+    # train.txt is split into train + val: disjoint, together all of it, val = round(0.25 * 32)
+    tr, va = list(b.train.indices), list(b.val.indices)
+    assert len(va) == 8 and not set(tr) & set(va) and sorted(tr + va) == list(range(32))
+    assert len(b.test) == 12 and len(b.retrieval.database) == 48
+    # items are the PNG's pixels / 255 and the list file's label vector
+    for ds, names, i in ((b.test, truth["query"], 3), (b.train, truth["train"], 5), (b.val, truth["train"], 2)):
+        x, y = ds[i]
+        name = names[i] if ds is b.test else names[ds.indices[i]]
+        expect = torch.from_numpy(truth["pixels"][name]).permute(2, 0, 1).float() / 255
+        torch.testing.assert_close(x, expect, rtol=0, atol=1e-7)
+        assert y.tolist() == truth["labels"][name]
+    limited = load_data(DataSpec(name="coco", data_dir=tmp_path, image_size=8, val_fraction=0.25, train_limit=10, test_limit=5))
+    assert len(limited.train) == 10 and set(limited.train.indices) <= set(tr)  # limits act after the val hold-out
+    assert len(limited.test) == 5
+
+
+def test_list_retrieval_errors(tmp_path: Path) -> None:
+    for name in ("coco", "nuswide", "imagenet100", "list-retrieval"):
+        with pytest.raises(DataNotFoundError, match=r"needs --data-dir: a folder with train.txt, test.txt, database.txt"):
+            load_data(DataSpec(name=name))
+    make_list_folder(tmp_path)
+    with pytest.raises(SpecError, match="multi-label: data.classes is not supported"):
+        load_data(DataSpec(name="coco", data_dir=tmp_path, classes=(0, 1)))
+    (tmp_path / "database.txt").unlink()
+    with pytest.raises(DataNotFoundError, match=r"^MS-COCO: database.txt missing in "):
+        load_data(DataSpec(name="coco", data_dir=tmp_path))
+
+
+def test_list_retrieval_is_for_hashing_only(tmp_path: Path) -> None:
+    from ssbench.specs import ModelSpec, TrainSpec
+    from ssbench.store import open_store
+    from ssbench.training import run_training
+
+    make_list_folder(tmp_path / "data")
+    spec = TrainSpec(kind="train", data=DataSpec(name="nuswide", data_dir=tmp_path / "data", image_size=8),
+                     model=ModelSpec(name="mlp", hidden=(8,)))
+    with pytest.raises(SpecError, match="multi-label retrieval data set: use --task hashing"):
+        run_training(spec, open_store(f"sqlite:///{tmp_path / 'r.db'}"), quiet=True)

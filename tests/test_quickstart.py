@@ -4,6 +4,8 @@ Checks that the report's numbers are the database's and that the plots hold the 
 from __future__ import annotations
 
 import csv
+import struct
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -66,16 +68,39 @@ def test_csv_tables_equal_the_database(quickstart: tuple[Path, str]) -> None:
     assert "usf" in md and "frsf" in md
 
 
-def test_plot_is_png_with_expected_series(quickstart: tuple[Path, str]) -> None:
+RULES = ("bp", "usf", "frsf", "brsf", "fa")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG's IHDR chunk (the first chunk, right after the signature)."""
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_written_plots_hold_every_rule_and_attack(quickstart: tuple[Path, str]) -> None:
     out, url = quickstart
-    pngs = sorted(out.glob("robust_*.png"))
-    assert pngs, list(out.iterdir())
-    assert pngs[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svgs = sorted(out.glob("robust_*.svg"))
+    assert len(svgs) == 1, list(out.iterdir())  # one model x dataset: one robustness figure
+    svg = svgs[0]
+    root = ET.parse(svg).getroot()
+    texts = {"".join(t.itertext()).strip() for t in root.iter("{http://www.w3.org/2000/svg}text")}
+    # svg.fonttype none: labels are <text>, editable in a paper, not glyph paths
+    assert not any(el.get("id", "").startswith("DejaVuSans-") for el in root.iter())
+    assert set(RULES) <= texts  # every rule's legend entry
+    assert {"fgsm", "pgd"} <= texts  # every attack's panel title
+    assert {"exact gradient", "feedback (rule) gradient", "worst case over modes"} <= texts
+    assert "lenet on fashion-mnist[5-9, train=1500]" in texts  # the variant labels of the fine-tuned runs
+    # the PNG is the same figure at 200 dpi: SVG points / 72 * 200 pixels, and big enough to print
+    w_pt, h_pt = (float(root.get(k).removesuffix("pt")) for k in ("width", "height"))
+    w_px, h_px = _png_size(svg.with_suffix(".png"))
+    assert (w_px, h_px) == (round(w_pt / 72 * 200), round(h_pt / 72 * 200))
+    assert w_px >= 1200 and 0.2 < h_px / w_px < 1.0
+    # the figure's lines: every rule, exact solid and feedback dashed, in every attack panel
     fig = plot_robustness(robust_table(open_store(url), ReportFilter(recipe="quickstart")))
-    titles = [ax.get_title() for ax in fig.axes if ax.get_visible()]
-    assert titles == ["fgsm", "pgd"] or sorted(titles) == ["fgsm", "pgd"]
-    ax = fig.axes[0]
-    labels = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
-    for rule in ("bp", "usf", "frsf", "brsf", "fa"):
-        assert labels[f"{rule} exact"] == "-"  # exact solid
-        assert labels[f"{rule} feedback"] == "--"  # feedback dashed
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert sorted(ax.get_title() for ax in panels) == ["fgsm", "pgd"]
+    for ax in panels:
+        styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}
+        for rule in RULES:
+            assert styles[f"{rule} exact"] == "-" and styles[f"{rule} feedback"] == "--"

@@ -72,3 +72,126 @@ def test_grid_runs_then_resumes(tmp_path: Path) -> None:
     # an override changes the config: a new run, the old one untouched
     third = run_recipe(load_recipe(p), store, Overrides(epochs=2, seeds=(0,)), log=lambda _m: None)
     assert third.skipped == 0 and len(store.list_runs()) == 9
+
+
+THREE_RULES = """
+name: three
+seeds: [0]
+data: {name: digits, classes: [0, 1, 2, 3, 4], val_fraction: 0.2, train_limit: 200}
+models: [{name: mlp, hidden: [16]}]
+pretrain: {epochs: 1, batch_size: 64}
+finetune:
+  data: {name: digits, classes: [5, 6, 7, 8, 9], val_fraction: 0.2, train_limit: 200}
+  rules: [bp, fa, usf]
+  epochs: 1
+  batch_size: 64
+"""
+
+
+def test_failed_job_does_not_stop_the_grid_and_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import ssbench.training.job as job
+    from ssbench.cli import app
+    from ssbench.rules import model_rule
+
+    p = tmp_path / "r.yaml"
+    p.write_text(THREE_RULES)
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    real = job._log_alignment
+
+    def fa_breaks(rec, model, epoch, grad_angles=None):  # noqa: ANN001, ANN202  (inside the run: the store marks it failed)
+        if model_rule(model) == "fa":
+            raise RuntimeError("fa exploded")
+        return real(rec, model, epoch, grad_angles)
+
+    monkeypatch.setattr(job, "_log_alignment", fa_breaks)
+    first = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(p), "--db", url, "-q"])
+    assert first.exit_code == 1, first.output
+    assert "FAILED finetune fa mlp seed 0 train_limit 200: RuntimeError: fa exploded" in first.output
+    assert "1 failed" in first.output
+    store = open_store(url)
+    status = {(r.kind, r.rule): r.status for r in store.list_runs()}
+    # fa came second: usf after it still ran
+    assert status == {("pretrain", "bp"): "finished", ("finetune", "bp"): "finished",
+                      ("finetune", "fa"): "failed", ("finetune", "usf"): "finished"}
+    assert "fa exploded" in store.list_runs(rule="fa")[0].error
+
+    monkeypatch.setattr(job, "_log_alignment", real)
+    before = {r.id for r in store.list_runs()}
+    second = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(p), "--db", url, "-q"])
+    assert second.exit_code == 0, second.output
+    new = [r for r in store.list_runs() if r.id not in before]
+    assert [(r.kind, r.rule, r.status) for r in new] == [("finetune", "fa", "finished")]
+    assert "3 skipped" in second.output and "0 failed" in second.output
+
+
+def test_failed_pretrain_skips_its_finetunes(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(THREE_RULES)
+    calls = []
+
+    def train(spec, store):  # noqa: ANN001, ANN202
+        calls.append(spec.kind)
+        raise ValueError("no data today")
+
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    result = run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+    assert calls == ["pretrain"]  # the fine-tunes never start without their source
+    assert [(f.kind, f.error) for f in result.failed] == [
+        ("pretrain", "ValueError: no data today"),
+        *[("finetune", "skipped: its pretrain failed")] * 3,
+    ]
+
+
+def test_requires_is_checked_before_any_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import ssbench.recipes as recipes
+
+    p = tmp_path / "r.yaml"
+    p.write_text("requires: [gpu, network]\n" + THREE_RULES)
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    calls = []
+
+    def train(spec, store):  # noqa: ANN001, ANN202
+        calls.append(spec.kind)
+        return len(calls)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(recipes, "network_available", lambda: True)
+    with pytest.raises(SpecError, match=r"^recipe three requires a GPU \(torch sees no CUDA device\); .* --force$"):
+        run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(recipes, "network_available", lambda: False)
+    with pytest.raises(SpecError, match="requires a network"):
+        run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+    assert calls == []
+    run_recipe(load_recipe(p), store, log=lambda _m: None, train=train, force=True)
+    assert calls == ["pretrain", "finetune", "finetune", "finetune"]
+
+
+def test_network_probe_against_a_local_port() -> None:
+    import socket
+
+    from ssbench.recipes import network_available
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert network_available((("127.0.0.1", port),), timeout=2.0)
+    # the listener is closed now: nothing answers on that port
+    assert not network_available((("127.0.0.1", port),), timeout=2.0)
+
+
+def test_recipe_tags_land_on_every_run(tmp_path: Path) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text("tags: [ablation, cpu]\n" + THREE_RULES + "attack: {suite: whitebox, attacks: [fgsm], eps: [0.0]}\n")
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    attacked = []
+    run_recipe(load_recipe(p), store, log=lambda _m: None, attack=lambda spec, _s: attacked.append(spec.tags) or 0)
+    runs = store.list_runs()
+    assert len(runs) == 4 and all(r.tags == ["ablation", "cpu"] for r in runs)
+    assert [r.id for r in store.list_runs(tag="ablation")] == [r.id for r in runs]
+    assert attacked == [("ablation", "cpu")] * 3

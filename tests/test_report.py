@@ -73,11 +73,29 @@ def populate(store, *, recipe="demo", eps=EPS, n=N) -> dict:
                             points.append(SweepPoint(attack, mode, e, n, float(alive.mean()), correct=bits,
                                                      params={"norm": "linf"}))
                         atk.add_sweep(points)
-                if rule == "fa":
+                if rule == "fa":  # the expected obfuscation: feedback-mode gradients are not the loss gradient
                     atk.add_sanity([SanityCheck("gradient_consistency", False, 0.2, "obfuscated", mode="feedback"),
                                     SanityCheck("falls_to_chance", True, 0.1, "", attack="pgd", mode="exact")])
+                if rule == "usf":  # an honest-mode failure: the worst case rests on it
+                    atk.add_sanity([SanityCheck("falls_to_chance", False, 0.3, "pgd exact stays above chance",
+                                                attack="pgd", mode="exact")])
+                if rule == "bp" and seed == 0:  # a check about the whole run (no attack, no mode)
+                    atk.add_sanity([SanityCheck("run_integrity", False, 1.0, "whole run")])
             info["attack"][(rule, seed)] = atk.run_id
     return info
+
+
+def hash_map(bits: int, seed: int) -> float:
+    return 0.5 + bits / 100 + 0.02 * seed
+
+
+def hash_precision(bits: int, seed: int) -> float:
+    return 0.3 + bits / 200 + 0.03 * seed
+
+
+def hash_robust(bits: int, seed: int, mode: str, e: float) -> float:
+    # the two bit lengths differ: a table that averaged 16 and 32 bits would not match either
+    return 0.6 - e * (2 if mode == "exact" else 1) + bits / 400 + 0.01 * seed
 
 
 def populate_hashing(store) -> None:
@@ -85,13 +103,136 @@ def populate_hashing(store) -> None:
         for seed in (0, 1):
             with store.run("train", config=Cfg(seed=seed, rule="fa", hashing={"bits": bits}), seed=seed, rule="fa",
                            model="resnet20", dataset="cifar10", task="hashing", recipe="hash") as rec:
-                rec.log_evaluation("map@1000", 0.5 + bits / 100 + 0.02 * seed, split="test")
+                for epoch in (1, 2):
+                    rec.log_epoch(epoch, "train", {"loss": 2.0 / epoch})
+                    rec.log_epoch(epoch, "val", {"map@1000": hash_map(bits, seed) - 0.1 / epoch})
+                rec.log_evaluation("map@1000", hash_map(bits, seed), split="test")
+                rec.log_evaluation("precision@1000", hash_precision(bits, seed), split="test")
             with store.run("attack", config=Cfg(seed=seed, rule="fa", stage="hatk", hashing={"bits": bits}),
                            parent_id=rec.run_id, rule="fa", model="resnet20", dataset="cifar10", task="hashing",
                            recipe="hash") as atk:
                 for mode in ("feedback", "exact"):
-                    atk.add_sweep([SweepPoint("hag", mode, e, 50, 0.6 - e * (2 if mode == "exact" else 1),
+                    atk.add_sweep([SweepPoint("hag", mode, e, 50, hash_robust(bits, seed, mode, e),
                                               metric="map@1000") for e in (0.0, 0.1, 0.2)])
+
+
+# -- variants: ifa at two angles, two MLP shapes, two training-set sizes, two epoch counts ------------
+
+VARIANTS = {  # key -> (rule, theta, hidden, train_limit, epochs)
+    "ifa30": ("ifa", 30.0, (256, 256, 256), 1500, 3),
+    "ifa60": ("ifa", 60.0, (256, 256, 256), 1500, 3),
+    "ifa30-wide": ("ifa", 30.0, (512, 256), 1500, 3),
+    "ifa30-6000": ("ifa", 30.0, (256, 256, 256), 6000, 3),
+    "ifa30-e5": ("ifa", 30.0, (256, 256, 256), 1500, 5),
+    "bp": ("bp", None, (256, 256, 256), 1500, 3),
+}
+VSEEDS = (0, 1, 2)
+VLAYERS = ("fc1", "fc2")
+
+
+def v_acc(key: str, seed: int) -> float:
+    return 0.5 + 0.07 * list(VARIANTS).index(key) + 0.004 * seed * (1 if seed % 2 else -1)
+
+
+def v_angle(key: str, seed: int, epoch: int, k: int) -> float:
+    theta = VARIANTS[key][1] or 0.0
+    return (theta + 10 * k + seed) * 0.9 ** (epoch * (1 + list(VARIANTS).index(key)))
+
+
+def v_grad(key: str, seed: int, epoch: int, k: int) -> float:
+    return 40 + 5 * k + 2 * seed + list(VARIANTS).index(key) - epoch
+
+
+def v_robust(key: str, seed: int, mode: str, e: float) -> float:
+    return max(0.0, v_acc(key, seed) - e * (1 if mode == "feedback" else 3) * (1 + 0.2 * list(VARIANTS).index(key)))
+
+
+def train_spec(key: str, seed: int):
+    from ssbench.specs import DataSpec, ModelSpec, RuleSpec, TrainSpec
+
+    rule, theta, hidden, limit, epochs = VARIANTS[key]
+    return TrainSpec(kind="finetune", source="1", seed=seed, epochs=epochs, rule=RuleSpec(name=rule, theta=theta),
+                     model=ModelSpec(name="mlp", hidden=hidden),
+                     data=DataSpec(classes=(5, 6, 7, 8, 9), train_limit=limit), recipe="variants")
+
+
+def populate_variants(store) -> dict:
+    runs: dict = {}
+    for key, (rule, *_rest) in VARIANTS.items():
+        epochs = VARIANTS[key][4]
+        for seed in VSEEDS:
+            with store.run("finetune", config=train_spec(key, seed), seed=seed, rule=rule, model="mlp",
+                           dataset="fashion-mnist", task="classification", recipe="variants") as rec:
+                for epoch in range(epochs + 1):
+                    if rule != "bp":  # grad angles only from epoch 1 on, as training/job.py logs them
+                        rec.log_alignment(epoch, [AlignmentRow(layer, v_angle(key, seed, epoch, k), 1 + 0.1 * epoch + k,
+                                                               v_grad(key, seed, epoch, k) if epoch else None)
+                                                  for k, layer in enumerate(VLAYERS)])
+                    if epoch:
+                        rec.log_epoch(epoch, "val", {"accuracy": v_acc(key, seed) - 0.05 / epoch, "loss": 1.0 / epoch})
+                rec.log_evaluation("accuracy", v_acc(key, seed), split="test")
+            runs[(key, seed)] = rec.run_id
+            with store.run("attack", config=Cfg(seed=seed, stage="vatk"), seed=0, parent_id=rec.run_id, rule=rule,
+                           model="mlp", dataset="fashion-mnist", recipe="variants") as atk:
+                for mode in ("feedback", "exact"):
+                    atk.add_sweep([SweepPoint("fgsm", mode, e, 20, v_robust(key, seed, mode, e), params={"norm": "linf"})
+                                   for e in (0.0, 0.1, 0.2)])
+    return runs
+
+
+# -- analysis runs (what `ssbench analyze hessian / corruptions` store) ---------------------------
+
+CORRUPTIONS = ("gaussian_noise", "fog")
+SEVERITIES = (1, 2, 3)
+
+
+def hess_trace(rule: str, seed: int) -> float:
+    return {"bp": 80.0, "fa": 120.0, "usf": 95.0}[rule] + 3 * seed
+
+
+def hess_top(rule: str, seed: int) -> float:
+    return {"bp": 10.0, "fa": 16.0, "usf": 12.0}[rule] + 0.5 * seed
+
+
+def corr_acc(rule: str, seed: int, corruption: str, severity: int) -> float:
+    return {"bp": 0.8, "fa": 0.7, "usf": 0.75}[rule] - 0.1 * severity * (1 + CORRUPTIONS.index(corruption)) + 0.01 * seed
+
+
+def populate_analysis(store, finetune: dict) -> None:
+    from ssbench.analysis.specs import CorruptionSpec, HessianSpec
+
+    for (rule, seed), target in finetune.items():
+        # an older Hessian analysis of the same run with other numbers: the report takes the latest
+        with store.run("analysis", config=HessianSpec(target=str(target)), seed=0, parent_id=target, rule=rule,
+                       model="lenet", dataset="fashion-mnist", task="classification") as old:
+            old.log_evaluation("hessian_trace", 1e6, split="train")
+        with store.run("analysis", config=HessianSpec(target=str(target), density=True, surface=True), seed=0,
+                       parent_id=target, rule=rule, model="lenet", dataset="fashion-mnist",
+                       task="classification") as rec:
+            common = {"n": 64, "split": "train", "params": 1000}
+            rec.log_evaluation("hessian_loss", 0.3 + 0.1 * seed, split="train", params=common)
+            rec.log_evaluation("hessian_trace", hess_trace(rule, seed), split="train", params={**common, "stderr": 1.0})
+            # power iteration finds the largest magnitude: a different number, which the table must not take
+            rec.log_evaluation("hessian_top_eig", hess_top(rule, seed) - 1.5, split="train", params={**common, "method": "power"})
+            rec.log_evaluation("hessian_top_eig", hess_top(rule, seed), split="train", params={**common, "method": "lanczos"})
+            grid = np.linspace(-1, hess_top(rule, seed) + 1, 200)
+            dens = np.exp(-0.5 * (grid / 0.05) ** 2) * 0.9 / 0.125 + 0.1 * np.exp(-0.5 * ((grid - hess_top(rule, seed)) / 0.2) ** 2) / 0.5
+            rec.log_evaluation("hessian_density", 0.1, split="train",
+                               params={**common, "grid": grid.tolist(), "density": dens.tolist()})
+            ab = np.linspace(-1, 1, 7)
+            surf = 0.3 + 0.5 * hess_top(rule, seed) * ab[:, None] ** 2 + 2.0 * ab[None, :] ** 2
+            rec.log_evaluation("loss_surface", 0.3, split="train", params={**common, "alphas": ab.tolist(),
+                               "betas": ab.tolist(), "grid": surf.tolist(), "eigenvalues": [hess_top(rule, seed), 4.0]})
+        with store.run("analysis", config=CorruptionSpec(target=str(target), corruptions=CORRUPTIONS, severities=SEVERITIES),
+                       seed=0, parent_id=target, rule=rule, model="lenet", dataset="fashion-mnist",
+                       task="classification") as rec:
+            rec.log_evaluation("accuracy", acc_of(rule, seed), params={"n": 100, "clean": True})
+            values = []
+            for c in CORRUPTIONS:
+                for sev in SEVERITIES:
+                    values.append(corr_acc(rule, seed, c, sev))
+                    rec.log_evaluation("corruption_accuracy", values[-1], params={"corruption": c, "severity": sev, "n": 100})
+            rec.log_evaluation("mean_corruption_accuracy", float(np.mean(values)), params={"n": 100})
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +241,8 @@ def db(tmp_path_factory):
     store = open_store(f"sqlite:///{path}")
     info = populate(store)
     populate_hashing(store)
+    info["variants"] = populate_variants(store)
+    populate_analysis(store, info["finetune"])
     # noise that filters / status must drop
     with pytest.raises(RuntimeError):
         with store.run("finetune", config=Cfg(stage="broken"), rule="fa", model="lenet", dataset="fashion-mnist",
@@ -130,11 +273,58 @@ def test_clean_table_matches_independent_mean_and_std(store):
         assert fine.loc[rule, "accuracy_mean"] == pytest.approx(statistics.fmean(values))
         assert fine.loc[rule, "accuracy_std"] == pytest.approx(statistics.stdev(values))
         assert fine.loc[rule, "n"] == 3 and fine.loc[rule, "seeds"] == "0,1,2"
+        assert fine.loc[rule, "variant"] == ""  # the crashed fa run's other config does not make a variant
     pre = t[t["kind"] == "pretrain"].iloc[0]
     assert pre["accuracy_mean"] == pytest.approx(0.95) and pre["accuracy_std"] == pytest.approx(0.0)
     only_fa = clean_table(store, ReportFilter(recipe="demo", rule="fa"))
     assert set(only_fa["rule"]) == {"fa"}
     assert clean_table(store, ReportFilter(dataset="mnist")).empty
+
+
+# what the labels of each VARIANTS entry must read, written out by hand
+EXPECTED_LABELS = {
+    "ifa30": ("ifa(θ=30)", "mlp[256x3]", "fashion-mnist[5-9, train=1500]", "epochs=3"),
+    "ifa60": ("ifa(θ=60)", "mlp[256x3]", "fashion-mnist[5-9, train=1500]", ""),
+    "ifa30-wide": ("ifa(θ=30)", "mlp[512-256]", "fashion-mnist[5-9, train=1500]", ""),
+    "ifa30-6000": ("ifa(θ=30)", "mlp[256x3]", "fashion-mnist[5-9, train=6000]", ""),
+    "ifa30-e5": ("ifa(θ=30)", "mlp[256x3]", "fashion-mnist[5-9, train=1500]", "epochs=5"),
+    "bp": ("bp", "mlp[256x3]", "fashion-mnist[5-9, train=1500]", ""),
+}
+
+
+def test_variants_get_their_own_rows_and_only_seeds_are_averaged(store):
+    from ssbench.report.tables import ReportFilter, clean_table, robust_table
+
+    t = clean_table(store, ReportFilter(recipe="variants"))
+    assert len(t) == len(VARIANTS)  # six configurations: none merged
+    idx = t.set_index(["rule", "model", "dataset", "variant"])
+    for key, labels in EXPECTED_LABELS.items():
+        row = idx.loc[labels]
+        vals = [v_acc(key, s) for s in VSEEDS]
+        assert row["accuracy_mean"] == pytest.approx(np.mean(vals)) and row["accuracy_std"] == pytest.approx(np.std(vals, ddof=1))
+        assert row["n"] == 3 and row["seeds"] == "0,1,2"
+    # ifa variants sort by angle, bp first
+    same = t[(t["model"] == "mlp[256x3]") & (t["dataset"] == "fashion-mnist[5-9, train=1500]")]
+    assert same["rule"].tolist() == ["bp", "ifa(θ=30)", "ifa(θ=30)", "ifa(θ=60)"]
+    r = robust_table(store, ReportFilter(recipe="variants")).set_index(["rule", "model", "dataset", "variant", "mode", "epsilon"])
+    for key, labels in EXPECTED_LABELS.items():
+        for mode in ("feedback", "exact"):
+            got = r.loc[(*labels, mode, 0.1)]
+            assert got["robust_mean"] == pytest.approx(np.mean([v_robust(key, s, mode, 0.1) for s in VSEEDS]))
+            assert got["n"] == 3
+
+
+def test_labels_from_stored_configs():
+    from ssbench.report.variants import dataset_label, model_label, rule_label, rule_sort_key
+
+    cfg = {"rule": {"name": "fa", "skip": ["conv1", "fc*"]}, "model": {"name": "resnet18", "pretrained": True},
+           "data": {"name": "cifar10", "classes": [0, 2, 4]}}
+    assert rule_label(cfg, "fa") == "fa(skip=conv1,fc*)"
+    assert model_label(cfg, "x") == "resnet18[pretrained]"
+    assert dataset_label(cfg, "x") == "cifar10[0,2,4]"
+    assert rule_label({"rule": "bp"}, "bp") == "bp" and model_label(None, "lenet") == "lenet"  # configs of other shapes
+    assert sorted(["ifa(θ=45)", "fa", "ifa(θ=5)", "bp", "ifa(θ=15)"], key=rule_sort_key) == \
+        ["bp", "fa", "ifa(θ=5)", "ifa(θ=15)", "ifa(θ=45)"]
 
 
 def test_robust_table_means_over_seeds_and_per_example_worst_case(store, db):
@@ -163,11 +353,23 @@ def test_robust_table_means_over_seeds_and_per_example_worst_case(store, db):
                 assert got <= min_over_modes + 1e-12
                 strictly_lower += got < min_over_modes - 1e-9
     assert strictly_lower > 0  # the data makes the per-example worst case matter
-    # failed sanity check (fa, feedback mode, whole run) flags fa/feedback and fa/worst, not fa/exact
-    assert idx.loc[("fa", "pgd", 0.1, "feedback"), "failed_checks"] == 3
-    assert idx.loc[("fa", "pgd", 0.1, "worst"), "failed_checks"] == 3
-    assert idx.loc[("fa", "pgd", 0.1, "exact"), "failed_checks"] == 0
-    assert idx.loc[("bp", "pgd", 0.1, "feedback"), "failed_checks"] == 0
+
+
+def test_worst_row_is_flagged_only_by_checks_it_rests_on(store):
+    from ssbench.report.tables import ReportFilter, robust_table
+
+    idx = robust_table(store, ReportFilter(recipe="demo")).set_index(["rule", "attack", "epsilon", "mode"])
+    fc = lambda *k: idx.loc[k, "failed_checks"]  # noqa: E731
+    # fa: failed gradient consistency in feedback mode flags feedback cells (3 seeds), not exact, not worst:
+    # the worst case takes the minimum over modes, exact included, so it does not trust the feedback gradient
+    assert fc("fa", "pgd", 0.1, "feedback") == 3 and fc("fa", "fgsm", 0.1, "feedback") == 3
+    assert fc("fa", "pgd", 0.1, "exact") == 0 and fc("fa", "pgd", 0.1, "worst") == 0
+    # usf: a failed exact-mode pgd check flags pgd exact and pgd worst, not fgsm or feedback
+    assert fc("usf", "pgd", 0.1, "exact") == 3 and fc("usf", "pgd", 0.1, "worst") == 3
+    assert fc("usf", "fgsm", 0.1, "worst") == 0 and fc("usf", "pgd", 0.1, "feedback") == 0
+    # bp seed 0: a check about the whole run flags every cell of that seed, worst included (once, not per mode)
+    for mode in ("feedback", "exact", "transfer", "worst"):
+        assert fc("bp", "fgsm", 0.1, mode) == 1
 
 
 def test_worst_falls_back_to_min_without_strings():
@@ -184,43 +386,122 @@ def test_worst_falls_back_to_min_without_strings():
     pts["correct"] = ["1111111000", "0001111111", "1111100000"]
     w = worst_case(pts)
     assert w["robust"].tolist() == [0.2] and w["correct"].tolist() == ["0001100000"]
+    pts["failed_checks"] = [2, 0, 0]  # only the feedback mode failed: the worst case does not rest on it
+    assert worst_case(pts)["failed_checks"].tolist() == [0]
 
 
-def test_alignment_table_last_epoch(store):
+def test_alignment_table_initial_and_final(store):
     from ssbench.report.tables import ReportFilter, alignment_table
 
     t = alignment_table(store, ReportFilter(recipe="demo")).set_index(["rule", "layer"])
     assert set(t.index.get_level_values(0)) == {"fa", "usf"}
     for k, layer in enumerate(LAYERS):
-        angles = [90.0 - 5 * (8 + 3 * k) + s for s in SEEDS]
-        assert t.loc[("fa", layer), "angle_mean"] == pytest.approx(np.mean(angles))
-        assert t.loc[("fa", layer), "angle_std"] == pytest.approx(np.std(angles, ddof=1))
-        assert t.loc[("fa", layer), "norm_ratio_mean"] == pytest.approx(np.mean([1 + 0.1 * k + 0.01 * s for s in SEEDS]))
-        assert t.loc[("fa", layer), "epoch"] == 5
+        first = [90.0 - 0 + s for s in SEEDS]
+        last = [90.0 - 5 * (8 + 3 * k) + s for s in SEEDS]
+        assert t.loc[("fa", layer), "angle_initial_mean"] == pytest.approx(np.mean(first))
+        assert t.loc[("fa", layer), "angle_final_mean"] == pytest.approx(np.mean(last))
+        assert t.loc[("fa", layer), "angle_final_std"] == pytest.approx(np.std(last, ddof=1))
+        ratios = [1 + 0.1 * k + 0.01 * s for s in SEEDS]
+        assert t.loc[("fa", layer), "norm_ratio_final_mean"] == pytest.approx(np.mean(ratios))
+        assert t.loc[("fa", layer), "norm_ratio_initial_mean"] == pytest.approx(np.mean(ratios))
+        assert t.loc[("fa", layer), "initial_epoch"] == 0 and t.loc[("fa", layer), "final_epoch"] == 5
+        assert np.isnan(t.loc[("fa", layer), "grad_angle_final_mean"])  # not tracked in these runs
     assert list(t.loc["fa"].index) == list(LAYERS)  # model order, not alphabetical
+    v = alignment_table(store, ReportFilter(recipe="variants")).set_index(["rule", "model", "dataset", "variant", "layer"])
+    for key, labels in EXPECTED_LABELS.items():
+        if key == "bp":
+            continue
+        last = VARIANTS[key][4]
+        for k, layer in enumerate(VLAYERS):
+            row = v.loc[(*labels, layer)]
+            assert row["angle_initial_mean"] == pytest.approx(np.mean([v_angle(key, s, 0, k) for s in VSEEDS]))
+            assert row["angle_final_mean"] == pytest.approx(np.mean([v_angle(key, s, last, k) for s in VSEEDS]))
+            assert row["norm_ratio_initial_mean"] == pytest.approx(1 + k)
+            assert row["norm_ratio_final_mean"] == pytest.approx(1 + 0.1 * last + k)
+            grads = [v_grad(key, s, last, k) for s in VSEEDS]
+            assert row["grad_angle_final_mean"] == pytest.approx(np.mean(grads))
+            assert row["grad_angle_final_std"] == pytest.approx(np.std(grads, ddof=1))
+            assert row["n"] == 3
 
 
-def test_hashing_tables(store):
-    from ssbench.report.tables import ReportFilter, hashing_attack_table, hashing_table
+def test_hashing_tables_keep_bit_lengths_apart(store):
+    from ssbench.report.tables import ReportFilter, display_frame, hashing_attack_table, hashing_table
 
-    h = hashing_table(store, ReportFilter(recipe="hash")).set_index("bits")
+    h = hashing_table(store, ReportFilter(recipe="hash")).set_index(["bits", "metric"])
     for bits in (16, 32):
-        vals = [0.5 + bits / 100 + 0.02 * s for s in (0, 1)]
-        assert h.loc[bits, "map_mean"] == pytest.approx(np.mean(vals))
-        assert h.loc[bits, "map_std"] == pytest.approx(np.std(vals, ddof=1))
-    a = hashing_attack_table(store, ReportFilter(recipe="hash")).set_index(["epsilon", "mode"])
-    assert a.loc[(0.2, "exact"), "robust_mean"] == pytest.approx(0.2)
-    assert a.loc[(0.2, "worst"), "robust_mean"] == pytest.approx(0.2)  # no strings: min over modes
-    assert (a["metric"] == "map@1000").all()
+        for metric, fn in (("map@1000", hash_map), ("precision@1000", hash_precision)):
+            vals = [fn(bits, s) for s in (0, 1)]
+            assert h.loc[(bits, metric), "value_mean"] == pytest.approx(np.mean(vals))
+            assert h.loc[(bits, metric), "value_std"] == pytest.approx(np.std(vals, ddof=1))
+            assert h.loc[(bits, metric), "n"] == 2
+    shown = display_frame("hashing", hashing_table(store, ReportFilter(recipe="hash")))
+    assert {"map@1000", "precision@1000", "bits"} <= set(shown.columns) and len(shown) == 2
+    a = hashing_attack_table(store, ReportFilter(recipe="hash")).set_index(["bits", "epsilon", "mode"])
+    for bits in (16, 32):
+        for mode in ("feedback", "exact"):
+            for e in (0.0, 0.1, 0.2):
+                vals = [hash_robust(bits, s, mode, e) for s in (0, 1)]
+                assert a.loc[(bits, e, mode), "robust_mean"] == pytest.approx(np.mean(vals))
+                assert a.loc[(bits, e, mode), "n"] == 2
+        # no per-example strings: worst = min over modes, per target, then the mean over seeds
+        assert a.loc[(bits, 0.2, "worst"), "robust_mean"] == pytest.approx(np.mean([hash_robust(bits, s, "exact", 0.2) for s in (0, 1)]))
+    assert (a.reset_index()["metric"] == "map@1000").all()
+
+
+def test_hessian_table_matches_stored_evaluations(store):
+    from ssbench.report.tables import ReportFilter, hessian_table
+
+    t = hessian_table(store, ReportFilter(recipe="demo")).set_index("rule")
+    assert set(t.index) == set(RULES) and (t["split"] == "train").all()
+    ev = store.frame_evaluations(kind="analysis")
+    for rule in RULES:
+        traces = [hess_trace(rule, s) for s in SEEDS]
+        assert t.loc[rule, "trace_mean"] == pytest.approx(np.mean(traces))  # the older analysis (1e6) is superseded
+        assert t.loc[rule, "trace_std"] == pytest.approx(np.std(traces, ddof=1))
+        # the Lanczos estimate, read back from the DB by its params, not the power iteration's
+        lanczos = ev[(ev["metric"] == "hessian_top_eig") & (ev["rule"] == rule)
+                     & ev["params"].map(lambda p: p.get("method") == "lanczos")]["value"]
+        assert t.loc[rule, "top_eig_mean"] == pytest.approx(lanczos.mean())
+        assert t.loc[rule, "top_eig_mean"] == pytest.approx(np.mean([hess_top(rule, s) for s in SEEDS]))
+        assert t.loc[rule, "n"] == 3 and t.loc[rule, "seeds"] == "0,1,2"
+    assert hessian_table(store, ReportFilter(recipe="hash")).empty  # the analysed runs' recipe filters
+
+
+def test_corruption_table_per_severity_and_means(store):
+    from ssbench.report.tables import ReportFilter, corruption_table, display_frame
+
+    t = corruption_table(store, ReportFilter(recipe="demo"))
+    idx = t.assign(severity=t["severity"].fillna(-1)).set_index(["rule", "corruption", "severity"])
+    ev = store.frame_evaluations(kind="analysis")
+    for rule in RULES:
+        for c in CORRUPTIONS:
+            for sev in SEVERITIES:
+                vals = [corr_acc(rule, s, c, sev) for s in SEEDS]
+                assert idx.loc[(rule, c, sev), "accuracy_mean"] == pytest.approx(np.mean(vals))
+                assert idx.loc[(rule, c, sev), "accuracy_std"] == pytest.approx(np.std(vals, ddof=1))
+            per_run = [np.mean([corr_acc(rule, s, c, sev) for sev in SEVERITIES]) for s in SEEDS]
+            assert idx.loc[(rule, c, -1), "accuracy_mean"] == pytest.approx(np.mean(per_run))
+        # the mean corruption accuracy per rule equals the mean of what each analysis run stored
+        stored = ev[(ev["metric"] == "mean_corruption_accuracy") & (ev["rule"] == rule)]["value"]
+        assert len(stored) == 3 and idx.loc[(rule, "all", -1), "accuracy_mean"] == pytest.approx(stored.mean())
+        assert idx.loc[(rule, "all", -1), "accuracy_std"] == pytest.approx(stored.std(ddof=1))
+        assert idx.loc[(rule, "none", 0), "accuracy_mean"] == pytest.approx(np.mean([acc_of(rule, s) for s in SEEDS]))
+    wide = display_frame("corruptions", t)
+    assert list(wide.columns[-6:]) == ["clean", "1", "2", "3", "mean", "n"]
+    bp_all = wide[(wide["rule"] == "bp") & (wide["corruption"] == "all")].iloc[0]
+    assert bp_all["mean"].startswith(f"{idx.loc[('bp', 'all', -1), 'accuracy_mean']:.3f} ± ")
 
 
 def test_sanity_table_lists_failed_checks_only(store, db):
     from ssbench.report.tables import ReportFilter, sanity_table
 
     s = sanity_table(store, ReportFilter(recipe="demo"))
-    assert len(s) == 3 and set(s["check"]) == {"gradient_consistency"} and set(s["rule"]) == {"fa"}
-    assert sorted(s["target"].astype(int)) == sorted(db[1]["finetune"][("fa", k)] for k in SEEDS)
-    assert sorted(s["seed"].astype(int)) == [0, 1, 2]
+    assert len(s) == 7  # fa: 3 feedback consistency, usf: 3 exact falls_to_chance, bp: 1 whole-run
+    assert set(s["check"]) == {"gradient_consistency", "falls_to_chance", "run_integrity"}
+    fa = s[s["rule"] == "fa"]
+    assert set(fa["check"]) == {"gradient_consistency"}
+    assert sorted(fa["target"].astype(int)) == sorted(db[1]["finetune"][("fa", k)] for k in SEEDS)
+    assert sorted(fa["seed"].astype(int)) == [0, 1, 2]
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -235,7 +516,8 @@ def _parse_markdown(text: str) -> list[list[str]]:
 def _parse_latex(text: str) -> list[list[str]]:
     body = text.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "")
     rows = [r.strip().removesuffix(r"\\").strip() for r in body.strip().splitlines() if r.strip()]
-    unescape = lambda s: s.replace(r"$\pm$", "±").replace(r"\_", "_").replace(r"\&", "&").replace(r"\%", "%")  # noqa: E731
+    unescape = lambda s: (s.replace(r"$\pm$", "±").replace(r"$\theta$", "θ").replace(r"\_", "_").replace(r"\&", "&")  # noqa: E731
+                          .replace(r"\%", "%").replace(r"\textbar{}", "|"))
     return [[unescape(c.strip()) for c in re.split(r"(?<!\\)&", r)] for r in rows]
 
 
@@ -243,8 +525,9 @@ def test_render_round_trips(store):
     from ssbench.report.render import render
     from ssbench.report.tables import ReportFilter, build_tables, display_frame
 
-    tables = build_tables(store, ReportFilter(recipe="demo"))
-    assert {"clean", "robust", "alignment", "sanity"} <= set(tables)
+    tables = {**build_tables(store, ReportFilter(recipe="demo")), **build_tables(store, ReportFilter(recipe="variants")),
+              **{f"{k}": v for k, v in build_tables(store, ReportFilter(recipe="hash")).items() if k.startswith("hashing")}}
+    assert {"clean", "robust", "alignment", "hessian", "corruptions", "sanity", "hashing", "hashing_attacks"} <= set(tables)
     for name, raw in tables.items():
         shown = display_frame(name, raw)
         expected = [list(map(str, shown.columns)), *shown.astype(str).values.tolist()]
@@ -256,15 +539,72 @@ def test_render_round_trips(store):
             if pd.api.types.is_float_dtype(raw[col]):
                 np.testing.assert_allclose(back[col].to_numpy(float), raw[col].to_numpy(float), equal_nan=True)
     # the display of the robust table pivots epsilons into columns, with mean ± std and flags
-    wide = display_frame("robust", tables["robust"])
+    demo = build_tables(store, ReportFilter(recipe="demo"))
+    wide = display_frame("robust", demo["robust"])
     assert list(wide.columns[:3]) == ["attack", "rule", "mode"] and "0.1" in wide.columns
     fa_fb = wide[(wide.attack == "pgd") & (wide["rule"] == "fa") & (wide["mode"] == "feedback")].iloc[0]
     assert fa_fb["0.1"].endswith("!") and " ± " in fa_fb["0.1"]
     text = render(wide, "terminal")
     assert "worst" in text and "feedback" in text
+    assert r"ifa($\theta$=30)" in render(display_frame("clean", tables["clean"]), "latex")  # pdflatex-safe
     tricky = pd.DataFrame({"a_b": ["x|y & 50%"], "v": ["1.0 ± 0.1"]})
     assert _parse_markdown(render(tricky, "markdown")) == [["a_b", "v"], ["x|y & 50%", "1.0 ± 0.1"]]
     assert _parse_latex(render(tricky, "latex")) == [["a_b", "v"], ["x|y & 50%", "1.0 ± 0.1"]]
+
+
+def _markdown_cells(path) -> list[dict[str, str]]:
+    header, *rows = _parse_markdown(path.read_text())
+    return [dict(zip(header, r)) for r in rows]
+
+
+def test_narrow_terminal_does_not_leak_into_other_formats(db, tmp_path):
+    from rich.console import Console
+
+    from ssbench.report import build_report
+    from ssbench.store import open_store
+
+    store = open_store(db[0])
+    console = Console(width=60, record=True, color_system=None)
+    # terminal first: before the fix its means-only table and title carried into robust.md
+    build_report(store, recipe="demo", tables="robust", formats=("terminal", "markdown", "latex"), out=tmp_path,
+                 plots=False, console=console)
+    assert "means only" in console.export_text()
+    md = (tmp_path / "robust.md").read_text()
+    assert "means only" not in md and "means only" not in (tmp_path / "robust.tex").read_text()
+    cells = _markdown_cells(tmp_path / "robust.md")
+    eps_cols = [c for c in cells[0] if re.fullmatch(r"[0-9.]+", c)]
+    assert len(eps_cols) == len(EPS)
+    assert all(" ± " in row[c] for row in cells for c in eps_cols if c != "0")  # every cell keeps its std
+
+
+def test_terminal_tables_fit_80_columns(db, tmp_path):
+    from rich.console import Console
+
+    from ssbench.report import build_report
+    from ssbench.store import open_store
+
+    store = open_store(db[0])
+    console = Console(width=80, record=True, color_system=None)
+    build_report(store, recipe="demo", tables="sanity", formats=("terminal", "markdown"), out=tmp_path, plots=False,
+                 console=console)
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(ln) for ln in lines) <= 80
+    header = next(ln for ln in lines if "check" in ln and "┃" in ln)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == ["run", "rule", "check", "attack", "mode", "value"]
+    body = [ln for ln in lines if ln.startswith("│")]
+    assert len(body) == 7 and all(any(name in ln for name in ("gradient_consistency", "falls_to_chance", "run_integrity"))
+                                  for ln in body)  # one row per check, names unbroken
+    assert "obfuscated" not in text and "details per check: --format markdown or csv" in " ".join(text.split())
+    md = _markdown_cells(tmp_path / "sanity.md")
+    assert {r["detail"] for r in md} == {"obfuscated", "pgd exact stays above chance", "whole run"}
+    # every table of a mixed study fits: no table is cropped at its right edge
+    console = Console(width=80, record=True, color_system=None)
+    build_report(store, formats=("terminal",), console=console)
+    text = console.export_text()
+    tops = [ln for ln in text.splitlines() if ln.startswith("┏")]
+    assert len(tops) >= 8 and all(ln.rstrip().endswith("┓") for ln in tops)
+    assert max(len(ln) for ln in text.splitlines()) <= 80
 
 
 # -- plots --------------------------------------------------------------------------------------
@@ -277,38 +617,129 @@ def test_robustness_plot_series(store, tmp_path):
     fig = plot_robustness(t, title="lenet")
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in axes] == ["fgsm", "pgd"]
-    lines = {ln.get_label(): ln for ln in axes[1].get_lines()}
-    assert set(lines) == {f"{r} {m}" for r in RULES for m in ("feedback", "exact", "transfer", "worst")}
-    assert lines["fa feedback"].get_linestyle() == "--" and lines["fa exact"].get_linestyle() == "-"
-    assert lines["fa transfer"].get_linestyle() == ":"
-    assert lines["fa worst"].get_linewidth() > 2 * lines["fa exact"].get_linewidth()
-    assert lines["fa feedback"].get_color() == lines["fa exact"].get_color() == rule_color("fa")
-    assert lines["bp exact"].get_color() != lines["fa exact"].get_color()
-    x, y = lines["usf exact"].get_data()
-    expect = t[(t.rule == "usf") & (t.attack == "pgd") & (t["mode"] == "exact")].sort_values("epsilon")
-    np.testing.assert_allclose(x, expect["epsilon"]) and np.testing.assert_allclose(y, expect["robust_mean"])
+    for ax in axes:
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        assert set(lines) == {f"{r} {m}" for r in RULES for m in ("feedback", "exact", "transfer", "worst")}
+        assert lines["fa feedback"].get_linestyle() == "--" and lines["fa exact"].get_linestyle() == "-"
+        assert lines["fa transfer"].get_linestyle() == ":"
+        assert lines["fa worst"].get_linewidth() > 2 * lines["fa exact"].get_linewidth()
+        assert lines["fa feedback"].get_color() == lines["fa exact"].get_color() == rule_color("fa")
+        assert lines["bp exact"].get_color() != lines["fa exact"].get_color()
+        x, y = lines["usf exact"].get_data()
+        expect = t[(t.rule == "usf") & (t.attack == ax.get_title()) & (t["mode"] == "exact")].sort_values("epsilon")
+        np.testing.assert_allclose(x, expect["epsilon"])
+        np.testing.assert_allclose(y, expect["robust_mean"])
     assert "robust accuracy" in axes[0].get_ylabel() and "ε" in axes[0].get_xlabel()
     png, svg = save_figure(fig, tmp_path, "robust")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
 
 
+def _stub_save(monkeypatch) -> list:
+    """build_plots without rendering files (matplotlib's savefig is seconds per figure here): records
+    (stem, figure) and returns the paths save_figure would write."""
+    import matplotlib.pyplot as plt
+
+    from ssbench.report import plots
+
+    saved: list = []
+
+    def save(fig, out, stem):
+        saved.append((stem, fig))
+        plt.close(fig)
+        return [out / f"{stem}.png", out / f"{stem}.svg"]
+
+    monkeypatch.setattr(plots, "save_figure", save)
+    return saved
+
+
+def test_variant_plots_separate_series_and_files(store, tmp_path, monkeypatch):
+    from ssbench.report import build_plots
+    from ssbench.report.plots import plot_robustness
+    from ssbench.report.tables import ReportFilter, robust_table
+
+    t = robust_table(store, ReportFilter(recipe="variants"))
+    sub = t[(t["model"] == "mlp[256x3]") & (t["dataset"] == "fashion-mnist[5-9, train=1500]")]
+    ax = plot_robustness(sub).axes[0]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    for series, key in (("ifa(θ=30) [epochs=3] exact", "ifa30"), ("ifa(θ=30) [epochs=5] exact", "ifa30-e5"),
+                        ("ifa(θ=60) exact", "ifa60"), ("bp exact", "bp")):
+        x, y = lines[series].get_data()
+        np.testing.assert_allclose(y, [np.mean([v_robust(key, s, "exact", e) for s in VSEEDS]) for e in x])
+    colours = {lines[f"{s} exact"].get_color() for s in ("ifa(θ=30) [epochs=3]", "ifa(θ=30) [epochs=5]", "ifa(θ=60)")}
+    assert len(colours) == 3  # variants of one rule stay distinguishable
+    saved = _stub_save(monkeypatch)
+    files = {p.name for p in build_plots(store, ReportFilter(recipe="variants"), tmp_path)}
+    assert len(files) == 2 * len(saved)  # no figure overwrites another
+    for stem in ("mlp-256x3_fashion-mnist-5-9-train-1500", "mlp-256x3_fashion-mnist-5-9-train-6000",
+                 "mlp-512-256_fashion-mnist-5-9-train-1500"):
+        assert {f"robust_{stem}.png", f"alignment_{stem}.svg", f"training_finetune_{stem}.png"} <= files
+
+
 def test_alignment_and_training_plots(store):
     from ssbench.report.plots import plot_alignment, plot_training
-    from ssbench.report.tables import ReportFilter, alignment_curves
+    from ssbench.report.tables import ReportFilter, alignment_curves, attach_labels, labels_of
 
     curves = alignment_curves(store, ReportFilter(recipe="demo"))
     fig = plot_alignment(curves)
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == ["rule fa", "rule usf"]
+    assert [ax.get_title() for ax in axes] == ["fa", "usf"]  # no gradient angles tracked: one block
     fc1 = next(ln for ln in axes[0].get_lines() if ln.get_label() == "fc1")
     x, y = fc1.get_data()
     np.testing.assert_allclose(x, range(6))
     np.testing.assert_allclose(y, [90.0 - e * (8 + 3 * 2) + 1 for e in range(6)])  # mean over seeds 0,1,2
+    # tracked gradient angles: a second block of panels with them
+    curves = alignment_curves(store, ReportFilter(recipe="variants"))
+    sub = curves[(curves["model"] == "mlp[256x3]") & (curves["dataset"] == "fashion-mnist[5-9, train=6000]")]
+    axes = [ax for ax in plot_alignment(sub).axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["ifa(θ=30)", "ifa(θ=30): gradients"]
+    x, y = next(ln for ln in axes[1].get_lines() if ln.get_label() == "fc2").get_data()
+    np.testing.assert_allclose(x, [1, 2, 3])
+    np.testing.assert_allclose(y, [np.mean([v_grad("ifa30-6000", s, e, 1) for s in VSEEDS]) for e in (1, 2, 3)])
+    assert "true grad" in axes[1].get_ylabel()
+
     metrics = store.frame_metrics(recipe="demo", kind="finetune", status="finished")
     fig = plot_training(metrics)
-    acc_ax, loss_ax = fig.axes[:2]
-    assert len(acc_ax.get_lines()) == 9 and len(loss_ax.get_lines()) == 18
+    val_ax, loss_ax = fig.axes[:2]
+    assert len(val_ax.get_lines()) == 9 and len(loss_ax.get_lines()) == 18
     assert {ln.get_linestyle() for ln in loss_ax.get_lines()} == {"-", "--"}
+    assert val_ax.get_ylabel() == "validation accuracy" and loss_ax.get_ylabel() == "loss"
+    # hashing runs log map@1000 on val: the panel shows it, labelled so
+    m = attach_labels(store.frame_metrics(recipe="hash", status="finished"), labels_of(store))
+    fig = plot_training(m[m["bits"] == 32])
+    val_ax = fig.axes[0]
+    assert val_ax.get_ylabel() == "validation mAP@1000" and len(val_ax.get_lines()) == 2
+    ys = sorted(tuple(ln.get_ydata()) for ln in val_ax.get_lines())
+    np.testing.assert_allclose(ys, sorted(tuple(hash_map(32, s) - 0.1 / e for e in (1, 2)) for s in (0, 1)))
+
+
+def test_analysis_plots(store, tmp_path, monkeypatch):
+    from ssbench.report import build_plots
+    from ssbench.report.plots import plot_corruptions, plot_hessian_density, plot_loss_surfaces, rule_color
+    from ssbench.report.tables import ReportFilter, corruption_table, hessian_runs
+
+    h = hessian_runs(store, ReportFilter(recipe="demo"))
+    fig = plot_hessian_density(h)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 9 and fig.axes[0].get_yscale() == "log"
+    assert sum(ln.get_color() == rule_color("fa") for ln in lines) == 3
+    # each line is the stored smoothed density of one run: its second peak sits at that run's top eigenvalue
+    peaks = sorted(float(ln.get_xdata()[np.argmax(np.where(ln.get_xdata() > 2, ln.get_ydata(), 0))]) for ln in lines)
+    np.testing.assert_allclose(peaks, sorted(hess_top(r, s) for r in RULES for s in SEEDS), atol=0.1)
+    fig = plot_loss_surfaces(h)
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert sorted(ax.get_title() for ax in panels) == sorted(f"{r}, seed {s}" for r in RULES for s in SEEDS)
+    c = corruption_table(store, ReportFilter(recipe="demo"))
+    ax = plot_corruptions(c).axes[0]
+    line = next(ln for ln in ax.get_lines() if ln.get_label() == "usf")
+    x, y = line.get_data()
+    np.testing.assert_allclose(x, [0, *SEVERITIES])
+    expect = [np.mean([acc_of("usf", s) for s in SEEDS])] + [
+        np.mean([np.mean([corr_acc("usf", s, cc, sev) for cc in CORRUPTIONS]) for s in SEEDS]) for sev in SEVERITIES]
+    np.testing.assert_allclose(y, expect)
+    saved = _stub_save(monkeypatch)
+    files = {p.name for p in build_plots(store, ReportFilter(recipe="demo"), tmp_path)}
+    assert {"hessian-density_lenet_fashion-mnist_train.svg", "loss-surface_lenet_fashion-mnist_train.png",
+            "corruptions_lenet_fashion-mnist.png"} <= files
 
 
 # -- CLI ----------------------------------------------------------------------------------------
@@ -340,11 +771,26 @@ def test_cli_report_writes_tables_and_plots(db, tmp_path):
     assert "sanity check(s) failed" in r.output
     r = CliRunner().invoke(app, ["report", "--db", db[0], "--table", "clean", "--format", "csv", "--rule", "usf"])
     assert r.exit_code == 0, r.output
-    rows = list(csv.DictReader(io.StringIO(r.output[r.output.index("kind,"):])))
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))  # messages go to stderr: stdout is the CSV alone
     fine = [row for row in rows if row["kind"] == "finetune"]
     assert len(fine) == 1 and float(fine[0]["accuracy_mean"]) == pytest.approx(statistics.fmean(acc_of("usf", s) for s in SEEDS))
     r = CliRunner().invoke(app, ["report", "--db", db[0], "--table", "robust", "--recipe", "hash", "--no-plots"])
     assert r.exit_code == 0
+    r = CliRunner().invoke(app, ["report", "--db", db[0], "--table", "hessian", "--format", "csv", "--rule", "fa"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert "sanity check(s) failed" in r.stderr
+    assert len(rows) == 1 and float(rows[0]["trace_mean"]) == pytest.approx(np.mean([hess_trace("fa", s) for s in SEEDS]))
+
+
+def test_cli_table_choices_are_the_library_tables():
+    import typing
+
+    from ssbench.cli.report import HELP, TableName
+    from ssbench.report.tables import TABLES
+
+    assert set(typing.get_args(TableName)) == {*TABLES, "all"}
+    assert all(f"{name} =" in HELP for name in TABLES)  # --help describes every table
 
 
 def test_cli_runs_and_show(db):

@@ -172,11 +172,15 @@ def test_hashing_sweeps_records(trained):
         def log_evaluation(self, metric, value, split="test", params=None):
             self.evals.append((metric, value, split))
 
+        def set_summary(self, **kv):
+            self.summary = kv
+
     target = SimpleNamespace(model=model, spec=TrainSpec(task="hashing"), run=SimpleNamespace(id="t"))
     spec = AttackSpec(target="t", suite="hashing", modes=("exact",), eps=(0.0, 0.1), n_examples=20, steps=2, attacks=("hag",))
     rec = Recorder()
     hashing_sweeps(target, None, spec, rec, "cpu", bundle=bundle)
     assert [m for m, _, _ in rec.evals] == ["map@1000", "map@5000", "map@all", "precision@1000"]
+    assert rec.summary == {"retrieval_split": {"source": "computed"}}  # the fake run recorded no split
     (points,) = rec.sweeps
     assert all(isinstance(p, store.SweepPoint) for p in points) and len(points) == 2
     assert all(isinstance(c, store.SanityCheck) for c in rec.sanity)

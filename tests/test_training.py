@@ -118,3 +118,96 @@ def test_dfa_and_ifa_train_from_scratch(tmp_path: Path) -> None:
     align = store.frame_alignment()
     ifa0 = align[(align.run_id == run.id) & (align.epoch == 0)]
     assert ifa0.angle_deg.sub(30.0).abs().max() < 0.01
+
+
+def _head(model):  # noqa: ANN001, ANN202
+    from ssbench.models import head_of
+
+    return head_of(model)[1]
+
+
+def test_head_is_new_for_other_classes_and_kept_for_the_same(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    pre = _pretrain(store)
+    src = load_trained(store, pre).model
+    src_body = [p.detach().clone() for n, p in src.named_parameters() if not n.startswith("net.fc.")]
+
+    def finetune(data: DataSpec, reset: bool | None) -> tuple[torch.nn.Module, str]:
+        # lr ~ 0 and the last epoch exported: whatever differs from the source was replaced, not learned
+        spec = TrainSpec(kind="finetune", source=str(pre), data=data, model=MLP, rule=RuleSpec(name="usf"),
+                         optim=OptimSpec(lr=1e-12), epochs=1, batch_size=64, select="last", reset_head=reset)
+        run_id = run_training(spec, store, quiet=True)
+        return load_trained(store, run_id).model, store.get_run(run_id).summary["head"]
+
+    for data, reset, expect in [
+        (DIGITS_59, None, "new"),  # the quickstart case: 5 classes -> 5 other classes
+        (DIGITS_03, None, "kept"),
+        (DIGITS_59, False, "kept"),  # --keep-head
+        (DIGITS_03, True, "new"),  # --reset-head
+    ]:
+        model, head = finetune(data, reset)
+        assert head == expect, (data.classes, reset)
+        same = torch.equal(_head(model).weight, _head(src).weight)
+        assert same == (expect == "kept"), (data.classes, reset)
+        body = [p for n, p in model.named_parameters() if not n.startswith("net.fc.")]
+        assert all(torch.equal(a, b) for a, b in zip(body, src_body))  # the backbone always carries over
+
+
+def test_same_classes_compares_data_set_and_class_list() -> None:
+    from ssbench.training.checkpoint import ModelMeta
+    from ssbench.training.job import same_classes
+
+    bundle = load_data(DIGITS_03)
+    meta = ModelMeta(model={"name": "mlp"}, num_classes=5, in_channels=1, image_size=8, mean=[0.0], std=[1.0],
+                     task="classification", rule=None, class_names=["0", "1", "2", "3", "4"])
+    assert same_classes(DIGITS_03, meta, DIGITS_03, bundle)
+    # same class ids of another data set, or the same classes in another order: other meaning per output
+    assert not same_classes(DataSpec(name="mnist", classes=(0, 1, 2, 3, 4)), meta, DIGITS_03, bundle)
+    reordered = DataSpec(name="digits", classes=(4, 3, 2, 1, 0), val_fraction=0.2)
+    assert not same_classes(DIGITS_03, meta, reordered, load_data(reordered))
+    # checkpoints without class names: class ids, None meaning all of them
+    old = ModelMeta(**{**meta.as_dict(), "class_names": None, "num_classes": 10})
+    full = DataSpec(name="digits")
+    assert same_classes(full, old, DataSpec(name="digits", classes=tuple(range(10))), load_data(full))
+    assert not same_classes(full, old, DIGITS_03, bundle)
+
+
+def test_keep_head_that_cannot_fit_is_an_error(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    pre = _pretrain(store)
+    ten = DataSpec(name="digits", val_fraction=0.2)
+    spec = TrainSpec(kind="finetune", source=str(pre), data=ten, model=MLP, rule=RuleSpec(name="fa"), reset_head=False)
+    with pytest.raises(CheckpointError, match="has 5 outputs, the data 10 classes"):
+        run_training(spec, store, quiet=True)
+    spec = TrainSpec(kind="finetune", source=str(pre), data=DIGITS_03, model=MLP, task="hashing", reset_head=False)
+    with pytest.raises(CheckpointError, match="classification model; a hashing run needs a new head"):
+        run_training(spec, store, quiet=True)
+
+
+def test_optim_spec_rejects_options_it_would_ignore() -> None:
+    with pytest.raises(ValueError, match="multistep needs milestones"):
+        OptimSpec(scheduler="multistep")
+    with pytest.raises(ValueError, match="milestones are a multistep option"):
+        OptimSpec(scheduler="step", milestones=(3,))
+    with pytest.raises(ValueError, match="increasing"):
+        OptimSpec(scheduler="multistep", milestones=(5, 3))
+    with pytest.raises(ValueError, match="nesterov needs optimizer sgd"):
+        OptimSpec(name="adam", nesterov=True)
+    with pytest.raises(ValueError, match="nesterov needs optimizer sgd"):
+        OptimSpec(momentum=0.0, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        OptimSpec(name="adam", betas=(0.9, 1.0))
+
+
+def test_exploding_loss_is_recorded_as_diverged(tmp_path: Path) -> None:
+    """Adam with a huge step keeps numbers finite while logits (and the loss) explode: the run
+    finishes, but its summary says it diverged, at which epoch and how far; a sane run says nothing."""
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    wild = TrainSpec(kind="train", data=DIGITS_03, model=MLP, optim=OptimSpec(name="adam", lr=30.0), epochs=2, batch_size=64)
+    run = store.get_run(run_training(wild, store, quiet=True))
+    div = run.summary["diverged"]
+    first_epoch_loss = store.frame_metrics().query("run_id == @run.id and split == 'train' and name == 'loss'")
+    assert div["epoch"] == int(first_epoch_loss.sort_values("epoch").query("value > 100 * @div['first_batch_loss']").epoch.iloc[0])
+    assert div["train_loss"] > 100 * div["first_batch_loss"]
+    sane = store.get_run(_pretrain(store))
+    assert "diverged" not in sane.summary

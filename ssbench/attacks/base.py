@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssbench.errors import SpecError
 from ssbench.registry import Registry
 
 Suite = Literal["whitebox", "blackbox"]
@@ -39,17 +40,28 @@ class Attack:
     single_step: ClassVar[bool] = False
     default_steps: ClassVar[int | None] = None
     budget_grid: ClassVar[tuple[float, ...] | None] = None  # own budget grid (e.g. pixels for l0)
+    # Losses selectable with ``loss=`` (first = default). Empty: the attack's loss is fixed
+    # (APGD-CE/DLR, TPGD's KL, the black-box attacks) and states it in its own params.
+    loss_choices: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, *, steps: int | None = None, seed: int = 0, **options: Any) -> None:
+    def __init__(self, *, steps: int | None = None, seed: int = 0, loss: str | None = None, **options: Any) -> None:
         self.steps = steps if steps is not None else self.default_steps
         self.seed = seed
         self.options = options
+        if self.loss_choices:
+            if loss is not None and loss not in self.loss_choices:
+                raise SpecError(f"attack {self.name}: loss {loss!r} not one of {', '.join(self.loss_choices)}")
+            self.loss = loss or self.loss_choices[0]
+        elif loss is not None:
+            raise SpecError(f"attack {self.name} has a fixed loss; --loss applies to {', '.join(loss_attacks())}")
 
     # -- what gets stored with every sweep point ---------------------------------------------
     def params(self, eps: float) -> dict[str, Any]:
         p: dict[str, Any] = {"norm": self.norm, "seed": self.seed}
         if self.steps is not None:
             p["steps"] = self.steps
+        if self.loss_choices:
+            p["loss"] = self.loss
         p.update(self.options)
         return p
 
@@ -98,6 +110,11 @@ def suite_attacks(suite: str) -> list[str]:
     """Names of the attacks in a suite ('all' = white-box then black-box)."""
     suites = ("whitebox", "blackbox") if suite == "all" else (suite,)
     return [n for s in suites for n in ATTACKS.names() if ATTACKS.get(n).suite == s]
+
+
+def loss_attacks() -> list[str]:
+    """Names of the attacks whose loss ``--loss`` selects."""
+    return [n for n in ATTACKS.names() if ATTACKS.get(n).loss_choices]
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from ssbench.attacks.base import ATTACKS, Attack, suite_attacks
+from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, suite_attacks
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
 from ssbench.attacks.sanity import Check, curve_checks, gradient_consistency
 from ssbench.attacks.starting import predict
@@ -28,47 +28,78 @@ def build_attack(name: str, spec: AttackSpec) -> Attack:
     cls = ATTACKS.get(name)
     # --steps is for iterative gradient attacks; query budgets of black-box attacks keep their defaults.
     steps = spec.steps if (cls.uses_gradients and not cls.single_step) else None
-    return cls(steps=steps, seed=spec.seed)
+    # --loss selects the loss of the attacks that have a choice; the others keep theirs (and store it)
+    return cls(steps=steps, seed=spec.seed, loss=spec.loss if cls.loss_choices else None)
 
 
 def attack_names(spec: AttackSpec) -> list[str]:
     suite = suite_attacks(spec.suite)
     if spec.attacks is None:
-        return suite
-    for name in spec.attacks:
-        ATTACKS.get(name)  # unknown names: one line listing the choices
-        if name.lower() not in suite:
-            raise SpecError(f"attack {name!r} is not in suite {spec.suite!r} ({', '.join(suite)}); use --suite all")
-    return [n.lower() for n in spec.attacks]
+        names = suite
+    else:
+        for name in spec.attacks:
+            ATTACKS.get(name)  # unknown names: one line listing the choices
+            if name.lower() not in suite:
+                raise SpecError(f"attack {name!r} is not in suite {spec.suite!r} ({', '.join(suite)}); use --suite all")
+        names = [n.lower() for n in spec.attacks]
+    if spec.loss != "ce" and not any(ATTACKS.get(n).loss_choices for n in names):
+        raise SpecError(f"--loss {spec.loss} applies to {', '.join(loss_attacks())}; none is selected "
+                        "(apgd-dlr is APGD's non-saturating loss)")
+    return names
+
+
+def surrogate_mismatch(sur: Any, target: Any) -> str | None:
+    """Why ``sur`` cannot stand in for ``target`` in transfer mode (None: it can). A transfer attack
+    is only the BP control of the target if the surrogate is backprop-trained, has the target's
+    architecture and saw the same data set and classes."""
+    rule = sur.meta.rule["name"] if sur.meta.rule else sur.spec.rule.name  # unconverted = plain BP
+    if rule != "bp":
+        return f"it was trained with rule {rule}, not bp"
+
+    def arch(t: Any) -> tuple[Any, ...]:  # 'pretrained' only changes the initialisation, not the network
+        model = {k: v for k, v in t.meta.model.items() if k != "pretrained"}
+        return model, t.meta.num_classes, t.meta.in_channels, t.meta.image_size, t.meta.task
+
+    def data(t: Any) -> tuple[Any, ...]:
+        return t.spec.data.name, t.spec.data.classes, t.spec.data.image_size, t.spec.data.channels
+
+    def shown(t: Any) -> str:
+        hidden = t.meta.model.get("hidden")
+        return (f"{t.meta.model.get('name')}{'' if not hidden else ' ' + 'x'.join(map(str, hidden))} "
+                f"({t.meta.num_classes} classes, {t.meta.in_channels}x{t.meta.image_size}px, {t.meta.task})")
+
+    if arch(sur) != arch(target):
+        return f"its architecture {shown(sur)} differs from the target's {shown(target)}"
+    if data(sur) != data(target):
+        return (f"it was trained on {sur.spec.data.name} classes {sur.spec.data.classes or 'all'}, the target on "
+                f"{target.spec.data.name} classes {target.spec.data.classes or 'all'}")
+    return None
 
 
 def find_surrogate(store: Any, target: Any, device: torch.device, ref: str | None) -> Any:
-    """The BP-fine-tuned sibling of the target: named by ``ref``, else the newest finished finetune run
-    with rule bp, the same parent (pretrained backbone) and the same data."""
+    """The BP-fine-tuned sibling of the target: named by ``ref`` (validated: rule bp, same architecture,
+    same data and classes), else the newest finished finetune run with rule bp, the same parent
+    (pretrained backbone) and the same data. Raises SpecError when there is none."""
     from ssbench.training.checkpoint import load_trained
 
     if ref is not None:
         sur = load_trained(store, ref, device)
-    else:
-        parent = getattr(target.run, "parent_id", None)
-        if parent is None:
-            raise SpecError("transfer mode: the target has no parent run to find a BP sibling; pass --surrogate RUN")
-        runs = store.list_runs(kind="finetune", status="finished", rule="bp", parent_id=parent)
-        runs = sorted((r for r in runs if r.id != target.run.id), key=lambda r: r.id, reverse=True)
-        sur = None
-        for r in runs:
-            cand = load_trained(store, r.id, device)
-            if cand.spec.data == target.spec.data:
-                sur = cand
-                break
-        if sur is None:
-            raise SpecError(
-                f"transfer mode: no finished BP fine-tune of parent run {parent} on the same data; "
-                f"run `ssbench finetune --from {parent} --rule bp ...` with the target's data, or pass --surrogate RUN"
-            )
-    if sur.spec.data != target.spec.data:
-        raise SpecError("transfer mode: the surrogate was trained on other data than the target")
-    return sur
+        why = surrogate_mismatch(sur, target)
+        if why is not None:
+            raise SpecError(f"--surrogate {ref}: {why}; transfer mode needs a BP fine-tune of the target's model and data")
+        return sur
+    parent = getattr(target.run, "parent_id", None)
+    if parent is None:
+        raise SpecError("transfer mode: the target has no parent run to find a BP sibling; pass --surrogate RUN")
+    runs = store.list_runs(kind="finetune", status="finished", rule="bp", parent_id=parent)
+    for r in sorted((r for r in runs if r.id != target.run.id), key=lambda r: r.id, reverse=True):
+        cand = load_trained(store, r.id, device)
+        if cand.spec.data == target.spec.data and surrogate_mismatch(cand, target) is None:
+            return cand
+    raise SpecError(
+        f"transfer mode: no finished BP fine-tune of parent run {parent} on the same data; "
+        f"run `ssbench finetune --from {parent} --rule bp ...` with the target's data, or pass --surrogate RUN"
+    )
 
 
 def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, quiet: bool = False) -> int:
@@ -82,9 +113,22 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
     target = load_trained(store, spec.target, device)
     hashing = spec.suite == "hashing" or target.spec.task == "hashing"
     modes: list[str] = list(spec.modes)
-    surrogate = None
+    surrogate, skipped = None, {}
     if "transfer" in modes or (hashing and spec.surrogate):
-        surrogate = find_surrogate(store, target, device, spec.surrogate)
+        try:
+            surrogate = find_surrogate(store, target, device, spec.surrogate)
+        except SpecError as err:
+            # --mode all: transfer is run where a BP sibling exists; a missing one is a note, not an
+            # abort. A surrogate named with --surrogate that does not fit stays an error.
+            if not (spec.transfer_optional and spec.surrogate is None):
+                raise
+            modes.remove("transfer")
+            skipped["transfer"] = str(err)
+            console.print(f"[yellow]transfer mode skipped: {err}[/]")
+    if skipped and hashing:
+        spec_run = spec.model_copy(update={"modes": tuple(modes)})
+    else:
+        spec_run = spec
 
     run_kw = dict(
         config=spec, seed=spec.seed, parent_id=target.run.id if target.run is not None else None,
@@ -95,7 +139,9 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         from ssbench.retrieval.attack_suite import hashing_sweeps
 
         with store.run("attack", **run_kw) as rec:
-            hashing_sweeps(target, surrogate, spec, rec, device)
+            if skipped:
+                rec.set_summary(skipped_modes=skipped)
+            hashing_sweeps(target, surrogate, spec_run, rec, device)
             return rec.run_id
 
     names = attack_names(spec)
@@ -131,7 +177,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
 
         checks = consistency_checks(modes if any(a.uses_gradients for a, _ in jobs) else [],
                                     model, sur_model, x[clean_correct], y[clean_correct], spec.seed)
-        checks += curve_checks(curves, clean_acc, bundle.num_classes)
+        checks += curve_checks(curves, clean_acc, bundle.num_classes, clean_correct=clean_correct)
         rec.add_sanity([c.to_record() for c in checks])
         worst = worst_case(curves)
         rec.set_summary(
@@ -139,6 +185,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
             surrogate_id=(surrogate.run.id if surrogate is not None and surrogate.run is not None else None),
             worst_case={f"{e:g}": r for e, r in worst.items()},
             checks_failed=sum(c.passed is False for c in checks),
+            **({"skipped_modes": skipped} if skipped else {}),
         )
         print_summary(console, rec.run_id, curves, checks, clean_acc, worst)
         return rec.run_id

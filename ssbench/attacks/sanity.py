@@ -14,9 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssbench.attacks.losses import runner_up
 from ssbench.attacks.sweep import SweepCurve
 
 CONSISTENCY_THRESHOLD = 0.9
+ITERATIVE = ("pgd", "apgd-ce", "apgd-dlr", "tpgd")  # compared with fgsm by check (b)
 WIDE_EPS = 0.3  # chance-level check is only meaningful with a grid reaching this far ([0, 1] data)
 
 
@@ -42,26 +44,41 @@ def tolerance(p: float, n: int) -> float:
 
 # -- (a) gradient consistency -------------------------------------------------------------------
 
+def margin_cotangent(logits: Tensor, y: Tensor) -> Tensor:
+    """v = e_{j*} - e_y per example, j* = argmax_{j != y} z_j: the direction CE's logit gradient
+    softmax(z) - e_y takes (normalised) as the model grows confident, without its saturation."""
+    c = logits.shape[1]
+    return (F.one_hot(runner_up(logits, y), c) - F.one_hot(y, c)).to(logits.dtype)
+
+
 def directional_agreement(
     grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor, *, k: int = 32, h: float = 1e-4, seed: int = 0
 ) -> Tensor:
     """Per example: cosine between (g . u_j)_j and the central differences
-    ((L(x + h u_j) - L(x - h u_j)) / 2h)_j over k random unit directions u_j, where g is the input
-    gradient ``grad_model``'s autograd gives and L the target's forward loss (float64 where possible).
+    ((m(x + h u_j) - m(x - h u_j)) / 2h)_j over k random unit directions u_j, where m(x) = v . f(x)
+    is the target's logits f along a fixed cotangent v (``margin_cotangent`` at the clean input) and
+    g = J^T v is what ``grad_model``'s backward returns for that cotangent.
+
+    It measures the backward itself, not a loss: cross-entropy saturates on over-confident models
+    (logits ~100: CE and its gradient are exactly 0 even in float64), which made an exact gradient
+    look "obfuscated". Feeding v as the output cotangent also keeps DFA honest: its hidden layers
+    receive B_l v, the error it captures at the output.
     """
     x = x.detach()
-    # float64 copies: confidently-classified examples have losses ~1e-9 whose float32 gradients
-    # are rounding noise. A deepcopy keeps the rule state and the exact/feedback switch.
+    f64 = copy.deepcopy(target).double().eval()
+    with torch.no_grad():
+        v = margin_cotangent(f64(x.double()), y)
+    # float64 copies: finite differences of float32 logits are rounding noise at h = 1e-4. A
+    # deepcopy keeps the rule state and the exact/feedback switch.
     try:
         g_model = copy.deepcopy(grad_model).double().eval()
         xg = x.double().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(g_model(xg), y, reduction="sum"), xg)
+        (g,) = torch.autograd.grad((g_model(xg) * v).sum(), xg)
     except (RuntimeError, TypeError):  # a backward that only supports float32
         xg = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(grad_model(xg), y, reduction="sum"), xg)
+        (g,) = torch.autograd.grad((grad_model(xg) * v.float()).sum(), xg)
     g = g.double().flatten(1)
 
-    f64 = copy.deepcopy(target).double().eval()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     n, d = g.shape
     u = torch.randn(k, n, d, generator=gen, dtype=torch.float64).to(x.device)
@@ -70,9 +87,9 @@ def directional_agreement(
     fd = torch.empty(k, n, dtype=torch.float64, device=x.device)
     with torch.no_grad():
         for j in range(k):
-            lp = F.cross_entropy(f64((x64 + h * u[j]).view_as(x)), y, reduction="none")
-            lm = F.cross_entropy(f64((x64 - h * u[j]).view_as(x)), y, reduction="none")
-            fd[j] = (lp - lm) / (2 * h)
+            mp = (f64((x64 + h * u[j]).view_as(x)) * v).sum(1)
+            mm = (f64((x64 - h * u[j]).view_as(x)) * v).sum(1)
+            fd[j] = (mp - mm) / (2 * h)
     dots = (u * g.unsqueeze(0)).sum(2)  # k x n
     return F.cosine_similarity(dots.T, fd.T, dim=1, eps=1e-300)
 
@@ -81,7 +98,8 @@ def gradient_consistency(mode: str, grad_model: nn.Module, target: nn.Module, x:
                          *, k: int = 32, seed: int = 0) -> Check:
     cos = directional_agreement(grad_model, target, x, y, k=k, seed=seed)
     value = float(cos.mean())
-    detail = (f"mean over {len(x)} examples of cos(g.u, finite difference) on {k} random directions; "
+    detail = (f"mean over {len(x)} examples of cos(g.u, finite difference of the target's logit margin) "
+              f"on {k} random directions; "
               f"min {float(cos.min()):.3f}; threshold {CONSISTENCY_THRESHOLD}")
     if mode == "transfer":
         return Check("gradient_consistency", None, value, "informational (surrogate gradient): " + detail, mode=mode)
@@ -115,16 +133,19 @@ def _compare(name: str, weaker: SweepCurve, stronger_claim: SweepCurve, what: st
     return Check(name, ok, a - b, detail, **who)
 
 
-def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classes: int) -> list[Check]:
+def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classes: int,
+                 clean_correct: Tensor | None = None) -> list[Check]:
+    """Checks (b)-(f). ``clean_correct``: the clean per-example correctness (check f per example)."""
     checks: list[Check] = []
     by = {(c.attack, c.mode): c for c in curves}
     modes = sorted({c.mode for c in curves if c.mode not in ("query",)})
 
-    # (b) iterative <= single-step, same mode
+    # (b) iterative <= single-step, same mode (TPGD ascends KL to the clean prediction, not the label
+    # loss, but starting at the clean point and taking many steps it must still beat one FGSM step)
     for m in modes:
         if ("fgsm", m) not in by:
             continue
-        for it in ("pgd", "apgd-ce"):
+        for it in ITERATIVE:
             if (it, m) in by:
                 c = _compare("iterative_le_single_step", by[(it, m)], by[("fgsm", m)],
                              f"{it} robust accuracy must not exceed fgsm's", attack=it, mode=m)
@@ -170,14 +191,24 @@ def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classe
                                 + ("" if ok else "; an unbounded attack must reach chance: attack too weak or gradient obfuscated"),
                                 c.attack, c.mode))
 
-    # (f) eps = 0 equals clean accuracy (the attack returns x; the target re-evaluates it)
+    # (f) eps = 0 equals clean: the sweep re-predicts every example at eps 0 in another order and
+    # batching than the clean prediction (sweep.repredict), so a forward that depends on batch
+    # composition or draws randomness (BatchNorm batch statistics or dropout left active, a module
+    # ignoring eval()), an attack that altered the target, or an eps-0 path that moved the image
+    # shows up here. Per example when the clean predictions are given, else by counts.
     for c in curves:
         r0 = c.at(0.0)
         if r0 is None:
             continue
-        ok = abs(r0 - clean_accuracy) * c.n < 0.5  # counts of examples, not float means
-        checks.append(Check("eps0_equals_clean", ok, r0,
-                            f"robust at eps=0 {r0:.4f} vs clean {clean_accuracy:.4f} (tolerance: 0 examples)",
+        if clean_correct is not None and len(clean_correct) == c.n:
+            k0 = next(i for i, e in enumerate(c.eps) if abs(e) < 1e-9)
+            flips = int((c.correct[k0].cpu() != clean_correct.cpu()).sum())
+        else:
+            flips = round(abs(r0 - clean_accuracy) * c.n)  # counts of examples, not float means
+        checks.append(Check("eps0_equals_clean", flips == 0, r0,
+                            f"robust at eps=0 {r0:.4f} vs clean {clean_accuracy:.4f}; {flips} example(s) "
+                            "differ (tolerance 0)" + ("" if flips == 0 else
+                            "; the target's predictions depend on batching / randomness or the attack changed it"),
                             c.attack, c.mode))
     return checks
 

@@ -120,20 +120,25 @@ def run_sweep(
         for k, eps in enumerate(grid):
             t0 = time.perf_counter()
             idx = (alive if fast else clean_correct).nonzero().flatten()
-            broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-            for b in range(0, len(idx), batch_size):
-                j = idx[b : b + batch_size]
-                if directions is not None:  # one gradient for the whole grid (FGSM)
-                    adv = x[j] if eps == 0 else (x[j] + eps * directions[j]).clamp(0, 1)
-                else:
-                    adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b)
-                check_budget(attack, x[j], adv, eps)
-                broken[j] = predict(target, adv, batch_size) != y[j]
-            if fast:
-                alive &= ~broken
-                correct = alive.clone()
+            if eps == 0:  # all n examples, re-predicted in another order / batching (sanity check f)
+                correct = _eps0_correct(attack, grad_model, target, x, y, batch_size)
+                if fast:
+                    alive &= correct
             else:
-                correct = clean_correct & ~broken
+                broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+                for b in range(0, len(idx), batch_size):
+                    j = idx[b : b + batch_size]
+                    if directions is not None:  # one gradient for the whole grid (FGSM)
+                        adv = (x[j] + eps * directions[j]).clamp(0, 1)
+                    else:
+                        adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b)
+                    check_budget(attack, x[j], adv, eps)
+                    broken[j] = predict(target, adv, batch_size) != y[j]
+                if fast:
+                    alive &= ~broken
+                    correct = alive.clone()
+                else:
+                    correct = clean_correct & ~broken
             curve.eps.append(eps)
             curve.correct.append(correct.cpu())
             curve.seconds.append(time.perf_counter() - t0)
@@ -149,16 +154,38 @@ def run_sweep(
             m.training = was_training.get(n, m.training)
 
 
+def repredict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """``predict`` in reversed order and in chunks of another size than ``batch_size``: a forward
+    that is a function of each image alone gives the same labels; one that depends on the batch
+    (BatchNorm statistics or dropout active despite eval()) or on run-to-run randomness does not."""
+    chunk = batch_size // 2 + 1 if batch_size > 2 else batch_size + 1
+    rev = torch.arange(len(x) - 1, -1, -1, device=x.device)
+    out = torch.empty(len(x), dtype=torch.long, device=x.device)
+    out[rev] = predict(model, x[rev], chunk)
+    return out
+
+
+def _eps0_correct(attack: Attack, grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor,
+                  batch_size: int) -> Tensor:
+    """Per example: the target's label on what the attack returns at eps 0 (x itself, no model
+    call), over ALL n examples, clean-wrong ones included, so flips both ways show in check (f)."""
+    adv = torch.cat([attack.perturb(grad_model, x[b : b + batch_size], y[b : b + batch_size], 0.0)
+                     for b in range(0, len(x), batch_size)]) if len(x) else x
+    check_budget(attack, x, adv, 0.0)
+    return repredict(target, adv, batch_size) == y
+
+
 def _directions(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, batch_size: int) -> Tensor | None:
     """Fixed perturbation directions of the examples in ``rows`` (zeros elsewhere), or None."""
     idx = rows.nonzero().flatten()
-    if len(idx) == 0 or attack.direction(model, x[idx[:1]], y[idx[:1]]) is None:
-        return None
     out = torch.zeros_like(x)
     for b in range(0, len(idx), batch_size):
         j = idx[b : b + batch_size]
-        out[j] = attack.direction(model, x[j], y[j])
-    return out
+        d = attack.direction(model, x[j], y[j])
+        if d is None:  # not a fixed-direction attack: asked once, on the first batch
+            return None
+        out[j] = d
+    return out if len(idx) else None
 
 
 def _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size, pool, on_eps) -> None:  # noqa: ANN001
@@ -172,7 +199,10 @@ def _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size
         dist[j] = d
     total = time.perf_counter() - t0
     for eps in grid:
-        correct = clean_correct & ~(dist <= eps + 1e-7)
+        if eps == 0:  # re-predicted like the budgeted attacks' eps-0 point (sanity check f)
+            correct = (repredict(target, x, batch_size) == y) & ~(dist <= 0)
+        else:
+            correct = clean_correct & ~(dist <= eps + 1e-7)
         curve.eps.append(eps)
         curve.correct.append(correct.cpu())
         curve.seconds.append(total / len(grid))

@@ -45,6 +45,8 @@ app = typer.Typer(
         "`ssbench run recipes/quickstart.yaml` runs a whole grid."
     ),
     no_args_is_help=True,
+    # markdown: docstrings wrapped at 100 columns reflow to the terminal instead of breaking mid-line
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -6,9 +6,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ssbench.cli.options import Db, Device, Quiet, parse_floats
+from ssbench.cli.options import Db, Device, Quiet
 from ssbench.errors import SpecError
-from ssbench.specs import GRADIENT_MODES, AttackSpec
+from ssbench.specs import GRADIENT_MODES, AttackSpec, parse_eps
 
 HELP = (
     "Attack a trained run: suite x attacks x gradient modes x epsilons, every point stored.\n\n"
@@ -17,7 +17,8 @@ HELP = (
     "obfuscated for non-BP rules); "
     "exact = the true input gradient of the same forward function (honest white-box); "
     "transfer = adversarial examples crafted on a BP-fine-tuned sibling of the same pretrained backbone "
-    "(found in the store, or --surrogate). "
+    "(found in the store, or --surrogate: must be rule bp, same architecture, same data and classes). "
+    "--mode all runs transfer only where a BP surrogate exists (skipped with a note otherwise). "
     "Black-box attacks (square, onepixel, boundary, hsj) only query the target (mode 'query'). "
     "Robust accuracy is always measured on the target's forward, over the first --n of a seeded "
     "permutation of the test set. Sanity checks (gradient consistency, iterative <= single-step, "
@@ -28,12 +29,10 @@ HELP = (
 
 
 def _eps(text: str) -> tuple[float, ...] | str:
-    if text in ("paper", "wide", "cifar", "hashing"):
-        return text
-    values = parse_floats(text)
-    if not values or any(v < 0 for v in values):
-        raise SpecError(f"--eps {text!r}: use paper, wide, cifar or a list like 0,0.05,0.1")
-    return values
+    try:
+        return parse_eps(text)
+    except ValueError:
+        raise SpecError(f"--eps {text!r}: use paper, wide, cifar or a list like 0,0.05,0.1 or 0,2/255,8/255") from None
 
 
 def attack(
@@ -41,10 +40,11 @@ def attack(
     suite: Annotated[str, typer.Option(help="whitebox, blackbox, hashing or all")] = "whitebox",
     mode: Annotated[list[str] | None, typer.Option("--mode", help="feedback, exact, transfer or all; repeatable [default: feedback, exact]")] = None,
     attack_name: Annotated[list[str] | None, typer.Option("--attack", help="fgsm, pgd, apgd-ce, apgd-dlr, tpgd, square, onepixel, boundary, hsj; repeatable [default: the whole suite]")] = None,
-    eps: Annotated[str, typer.Option(help="paper (0..0.1 step 0.01), wide (0..0.5), cifar (k/255), or a list 0,0.05,0.1; pixel space, inputs in [0, 1]")] = "paper",
+    eps: Annotated[str, typer.Option(help="paper (0..0.1 step 0.01), wide (0..0.5), cifar (k/255), or a list 0,0.05,0.1 / 0,2/255,8/255; pixel space, inputs in [0, 1]")] = "paper",
     n: Annotated[int, typer.Option("--n", help="examples attacked (first n of a seeded test permutation)")] = 500,
     steps: Annotated[int | None, typer.Option(help="iterations of iterative gradient attacks [default per attack: pgd 40, apgd 100, tpgd 10]")] = None,
-    surrogate: Annotated[str | None, typer.Option(help="transfer mode: run id of the BP surrogate [default: found in the store]")] = None,
+    surrogate: Annotated[str | None, typer.Option(help="transfer mode: run id of the BP surrogate (rule bp, same architecture and data) [default: found in the store]")] = None,
+    loss: Annotated[str, typer.Option(help="loss of fgsm and pgd: ce (the papers') or margin (max_{j!=y} z_j - z_y; does not saturate on over-confident models)")] = "ce",
     batch_size: Annotated[int, typer.Option(help="examples per attack batch")] = 256,
     db: Db = None,
     device: Device = "auto",
@@ -54,11 +54,12 @@ def attack(
     from ssbench.attacks.job import run_attack
     from ssbench.store import open_store
 
-    modes = list(GRADIENT_MODES) if mode and "all" in mode else (mode or ["feedback", "exact"])
+    every = bool(mode and "all" in mode)
+    modes = list(GRADIENT_MODES) if every else (mode or ["feedback", "exact"])
     spec = AttackSpec(
         target=run, suite=suite, attacks=tuple(attack_name) if attack_name else None, modes=tuple(modes),
         eps=_eps(eps), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
-        device=device,
+        device=device, loss=loss, transfer_optional=every,
     )
     run_attack(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
 

@@ -23,16 +23,18 @@ def register(app: typer.Typer) -> None:
         report: Annotated[bool, typer.Option("--report/--no-report", help="render the recipe's report stage at the end")] = True,
         out: Annotated[Path | None, typer.Option(help="report folder (tables + plots) [default: the recipe's]")] = None,
         dry_run: Annotated[bool, typer.Option(help="list the jobs that would run, run nothing")] = False,
+        force: Annotated[bool, typer.Option(help="run even when the recipe's `requires` (gpu, network) are not met here")] = False,
         db: Db = None,
         quiet: Quiet = False,
     ) -> None:
         """Run a recipe: pretrain -> finetune(rules) -> attack -> report, over seeds x models.
 
         Jobs whose exact configuration already finished in the store are skipped, so an
-        interrupted recipe resumes where it stopped; failed jobs run again. Overrides change the
-        configuration, so a short --epochs run never overwrites a full one.
+        interrupted recipe resumes where it stopped; failed jobs run again. A failing job does not
+        stop the grid: the others run, the failures are listed at the end and the exit code is 1.
+        Overrides change the configuration, so a short --epochs run never overwrites a full one.
         """
-        from ssbench.recipes import Overrides, load_recipe, run_recipe
+        from ssbench.recipes import Overrides, check_requirements, load_recipe, missing_requirements, run_recipe
         from ssbench.store import open_store
 
         console = Console(stderr=True)
@@ -42,8 +44,12 @@ def register(app: typer.Typer) -> None:
             epochs=epochs, train_limit=train_limit, test_limit=test_limit, n_examples=n_examples, device=device,
             seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None,
         )
+        if not (dry_run or force):
+            check_requirements(recipe)  # before any output: an unmet requirement is the one line shown
         console.print(f"[bold]recipe {recipe.name}[/]: {recipe.description.strip()}")
         if dry_run:
+            for why in ([] if force else missing_requirements(recipe)):
+                console.print(f"  [yellow]note: requires {why}[/]")
             counter = iter(range(10**9))
 
             def plan(spec, _store) -> int:  # noqa: ANN001
@@ -52,7 +58,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  would run {getattr(spec, 'kind', 'attack')} {what.name if what else spec.target}")
                 return n
 
-            run_recipe(recipe, store, ov, log=console.print, train=plan, attack=plan if recipe.attack else None)
+            run_recipe(recipe, store, ov, log=console.print, train=plan, attack=plan if recipe.attack else None, force=True)
             return
         from ssbench.attacks import run_attack
         from ssbench.training import run_training
@@ -61,8 +67,14 @@ def register(app: typer.Typer) -> None:
             recipe, store, ov, log=lambda m: console.print(f"[dim]{m}[/]"),
             train=lambda spec, st: run_training(spec, st, console=console, quiet=quiet),
             attack=(lambda spec, st: run_attack(spec, st, console=console, quiet=quiet)) if recipe.attack else None,
+            force=True,  # checked above
         )
-        console.print(f"recipe {recipe.name}: {len(result.trained)} trained, {len(result.attacks)} attack runs, {result.skipped} skipped (already finished)")
+        console.print(
+            f"recipe {recipe.name}: {len(result.trained)} trained, {len(result.attacks)} attack runs, "
+            f"{result.skipped} skipped (already finished), {len(result.failed)} failed"
+        )
+        for f in result.failed:
+            console.print(f"  [red]failed[/] {f.what}: {f.error}")
         if report and recipe.report is not None:
             from ssbench.report import build_report
 
@@ -70,3 +82,6 @@ def register(app: typer.Typer) -> None:
                 store, recipe=recipe.name, formats=recipe.report.formats, out=out or recipe.report.out,
                 plots=recipe.report.plots, console=Console(),
             )
+        if result.failed:
+            console.print(f"{len(result.failed)} job(s) failed; run the recipe again to retry them (finished jobs are skipped)")
+            raise typer.Exit(1)

@@ -8,18 +8,25 @@ import typer
 
 from ssbench.cli.options import Db
 
-TableName = Literal["clean", "robust", "alignment", "hashing", "sanity", "all"]
+TableName = Literal["clean", "robust", "alignment", "hashing", "hessian", "corruptions", "sanity", "all"]
 FormatName = Literal["terminal", "markdown", "latex", "csv"]
 
 HELP = (
     "Tables and plots from the results store alone (re-run it any time; nothing is recomputed).\n\n"
-    "Tables: clean = test accuracy per rule x model x dataset (mean ± std over seeds); "
+    "Rows are configurations, averaged over seeds only: rule, model and dataset carry each run's "
+    "options from its stored config (ifa(θ=30), mlp[256x3], fashion-mnist[5-9, train=1500]), hashing "
+    "runs their bits, and a 'variant' column names any other setting that differs (epochs=5).\n\n"
+    "Tables: clean = test accuracy (mean ± std over seeds); "
     "robust = robust accuracy per attack x gradient mode x ε, with 'worst' = an example counts as robust "
     "only if it survives every gradient mode (feedback, exact, transfer); alignment = angle(W, B) and "
-    "|B|/|W| per layer at the last epoch; hashing = retrieval mAP per rule x bits and under attack; "
+    "|B|/|W| per layer before training and at the last epoch, and the rule-vs-true gradient angle when "
+    "tracked; hashing = retrieval mAP@K and precision@K per rule x bits, and mAP under attack; "
+    "hessian = trace and top eigenvalue of the loss Hessian (ssbench analyze hessian); corruptions = "
+    "accuracy per corruption x severity and the mean corruption accuracy (ssbench analyze corruptions); "
     "sanity = failed sanity checks. Numbers marked '!' rest on failed sanity checks.\n\n"
     "Only finished runs count. --out DIR writes one file per table (markdown .md, latex .tex, csv .csv) "
-    "plus PNG + SVG plots; without --out tables go to the terminal / stdout.\n\n"
+    "plus PNG + SVG plots (robustness, alignment, training curves, Hessian spectrum and loss surface, "
+    "accuracy vs corruption severity); without --out tables go to the terminal / stdout.\n\n"
     "Examples: ssbench report --recipe quickstart | "
     "ssbench report --format latex --out paper/ --dataset fashion-mnist | "
     "ssbench report --table robust --rule fa --format csv > fa.csv"
@@ -36,18 +43,19 @@ def register(app: typer.Typer) -> None:
         tag: Annotated[str | None, typer.Option(help="only runs carrying this tag")] = None,
         dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="only this data set")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="only this model")] = None,
-        rule: Annotated[str | None, typer.Option("--rule", "-r", help="only this learning rule")] = None,
-        table: Annotated[TableName, typer.Option("--table", "-t", help="which table (all = every table that has data)")] = "all",
-        plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw robustness, alignment and training-curve plots")] = True,
+        rule: Annotated[str | None, typer.Option("--rule", "-r", help="only this learning rule (by name: --rule ifa keeps every ifa variant)")] = None,
+        table: Annotated[TableName, typer.Option("--table", "-t", help="which table (all = every table that has data; hashing includes hashing attacks)")] = "all",
+        plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG)")] = True,
     ) -> None:
         from rich.console import Console
 
         from ssbench.report import build_report
         from ssbench.store import open_store
 
-        # machine formats to stdout must stay parseable: no wrapping, no colour
-        console = Console() if fmt == "terminal" or out is not None else Console(soft_wrap=True, color_system=None)
+        # machine formats to stdout must stay parseable: no wrapping, no colour, messages on stderr
+        piped = fmt != "terminal" and out is None
+        console = Console(soft_wrap=True, color_system=None) if piped else Console()
         build_report(
             open_store(db), recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule, tables=table,
-            formats=(fmt,), out=out, plots=plots, console=console,
+            formats=(fmt,), out=out, plots=plots, console=console, notes=Console(stderr=True) if piped else None,
         )

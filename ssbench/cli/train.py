@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
-from ssbench.cli.options import Db, Device, Quiet, parse_classes
+from ssbench.cli.options import Db, Device, Quiet, parse_classes, parse_floats
+from ssbench.errors import SpecError
 from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 
 Kind = Literal["pretrain", "train", "finetune"]
@@ -35,16 +37,45 @@ _HELP = {
 }
 
 
-def _resolve_model(kind: Kind, model: str | None, source: str | None, db: str | None) -> str:
+def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: str | None, db: str | None) -> ModelSpec:
+    """Model name and widths as given; a fine-tune without --model takes its source's architecture."""
+    widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
     if model is not None:
-        return model
+        return ModelSpec(name=model, hidden=widths)
     if kind == "finetune" and source is not None:
         from ssbench.store import open_store
         from ssbench.training.checkpoint import read_checkpoint, resolve_checkpoint
 
         path, _, _ = resolve_checkpoint(open_store(db), source)
-        return str(read_checkpoint(path)["meta"]["model"]["name"])
-    return "lenet"
+        src = read_checkpoint(path)["meta"]["model"]
+        return ModelSpec(name=src["name"], hidden=widths if widths is not None else src.get("hidden"))
+    return ModelSpec(name="lenet", hidden=widths)
+
+
+def _optim(name: str, lr: float, head_lr: float | None, momentum: float, nesterov: bool, betas: str | None,
+           weight_decay: float, scheduler: str, step_size: int | None, milestones: str | None, gamma: float | None) -> OptimSpec:
+    """Unset options keep OptimSpec's defaults; contradictions (multistep without milestones, ...)
+    are the spec's one-line validation errors."""
+    given: dict = {"step_size": step_size, "gamma": gamma}
+    if betas is not None:
+        b = parse_floats(betas)
+        if len(b) != 2:
+            raise SpecError(f"--betas {betas!r}: give two numbers, e.g. 0.9,0.999")
+        given["betas"] = b
+    if milestones is not None:
+        try:
+            given["milestones"] = tuple(int(m) for m in milestones.split(",") if m.strip())
+        except ValueError:
+            raise SpecError(f"--milestones {milestones!r}: give epochs, e.g. 30,60") from None
+    try:
+        return OptimSpec(
+            name=name, lr=lr, head_lr=head_lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,  # type: ignore[arg-type]
+            scheduler=scheduler, **{k: v for k, v in given.items() if v is not None},  # type: ignore[arg-type]
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = {"name": "optimizer"}.get(str(first["loc"][0]), str(first["loc"][0])) if first["loc"] else ""
+        raise SpecError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{first.get('ctx', {}).get('error', first['msg'])}") from None
 
 
 def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned function's signature)
@@ -52,7 +83,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
     not_finetune = kind != "finetune"
 
     def command(
-        dataset: Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet")] = "fashion-mnist",
+        dataset: Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet; hashing only: list-retrieval, coco, nuswide, imagenet100 (DeepHash list files in --data-dir)")] = "fashion-mnist",
         data_dir: Annotated[Path | None, typer.Option(help="folder with the data set's files (default: Debian's /usr/share/datasets, then ~/.cache/ssbench/data)")] = None,
         classes: Annotated[str | None, typer.Option(help="class subset, e.g. 0-4 or 5,6,7 (labels remapped to 0..k-1)")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="lenet, lenet-cifar, mlp, resnet20, resnet56, or a torchvision name (resnet18, vgg16, alexnet)" + (" [default: the source's]" if kind == "finetune" else " [default: lenet]"))] = None,
@@ -69,9 +100,14 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         optimizer: Annotated[str, typer.Option(help="sgd, adam, adamw")] = "sgd",
         lr: Annotated[float, typer.Option(help="learning rate (backbone)")] = 0.01,
         head_lr: Annotated[float | None, typer.Option(help="learning rate of the classifier head [default: --lr]")] = None,
-        momentum: Annotated[float, typer.Option()] = 0.9,
+        momentum: Annotated[float, typer.Option(help="sgd momentum")] = 0.9,
+        nesterov: Annotated[bool, typer.Option(help="sgd: Nesterov momentum")] = False,
+        betas: Annotated[str | None, typer.Option(help="adam/adamw: beta1,beta2 [default: 0.9,0.999]")] = None,
         weight_decay: Annotated[float, typer.Option()] = 0.0,
-        scheduler: Annotated[str, typer.Option(help="none, cosine, step, multistep")] = "none",
+        scheduler: Annotated[str, typer.Option(help="lr schedule, stepped per epoch: none, cosine (to 0 over --epochs), step (x gamma every --step-size epochs), multistep (x gamma at each of --milestones)")] = "none",
+        step_size: Annotated[int | None, typer.Option(min=1, help="step scheduler: epochs between decays [default: 30]")] = None,
+        milestones: Annotated[str | None, typer.Option(help="multistep scheduler: epochs at which the lr decays, e.g. 30,60")] = None,
+        gamma: Annotated[float | None, typer.Option(help="step / multistep: lr factor at each decay [default: 0.1]")] = None,
         seed: Annotated[int, typer.Option("--seed", "-s")] = 0,
         deterministic: Annotated[bool, typer.Option(help="deterministic kernels (slower)")] = False,
         val_fraction: Annotated[float, typer.Option(help="share of train held out to choose the checkpoint")] = 0.1,
@@ -81,7 +117,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         channels: Annotated[int | None, typer.Option(help="force 1 or 3 channels")] = None,
         download: Annotated[bool, typer.Option(help="let torchvision download a missing data set")] = True,
         select: Annotated[str, typer.Option(help="best (on validation) or last epoch")] = "best",
-        reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: when the class count changes]")] = None,
+        reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: new when the classes differ from the source's (other data set or class list), kept when they are the same]")] = None,
         track_grad_alignment: Annotated[bool, typer.Option(help="per epoch, angle between the rule's weight update and the true gradient")] = False,
         tag: Annotated[list[str] | None, typer.Option(help="label the run (repeatable)")] = None,
         device: Device = "auto",
@@ -95,8 +131,6 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
 
         RULES.get(rule)  # unknown rule: one line listing the choices
         if kind == "pretrain" and rule != "bp":
-            from ssbench.errors import SpecError
-
             raise SpecError("pretrain is backprop; use `ssbench train --rule R` to train a rule from scratch")
         spec = TrainSpec(
             kind=kind,
@@ -106,12 +140,9 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
                 train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
                 download=download,
             ),
-            model=ModelSpec(
-                name=_resolve_model(kind, model, source, db), pretrained=torchvision_weights,
-                hidden=tuple(int(h) for h in hidden.split(",")) if hidden else None,
-            ),
+            model=_resolve_model(kind, model, hidden, source, db).model_copy(update={"pretrained": torchvision_weights}),
             rule=RuleSpec(name=rule, theta=theta),  # type: ignore[arg-type]
-            optim=OptimSpec(name=optimizer, lr=lr, head_lr=head_lr, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler),  # type: ignore[arg-type]
+            optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
             epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]

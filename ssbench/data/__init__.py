@@ -1,7 +1,9 @@
 """Data sets: ``load_data(DataSpec) -> DataBundle``, in-memory tensors and a fast batch loader.
 
 Registered: ``fashion-mnist`` (default; Debian ``dataset-fashion-mnist``), ``digits`` (scikit-learn,
-offline), ``mnist``, ``cifar10``, ``cifar100`` (torchvision), ``imagenet`` (folders).
+offline), ``mnist``, ``cifar10``, ``cifar100`` (torchvision), ``imagenet`` (folders), and the
+multi-label retrieval lists ``list-retrieval`` with aliases ``coco``, ``nuswide``, ``imagenet100``
+(DeepHash list files under ``--data-dir``; see :mod:`ssbench.data.lists`).
 
 Order of operations for in-memory sets: class subset (labels remapped to 0..k-1 in the order
 given) -> stratified train/val split of train (``val_fraction``, ``split_seed``; never from test)
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from ssbench.data.bundle import DataBundle
 from ssbench.data.folder import load_imagenet
 from ssbench.data.idx import read_idx
+from ssbench.data.lists import LIST_ALIASES, load_list_data
 from ssbench.data.loader import TensorLoader, make_loader
 from ssbench.data.sources import (
     RawData,
@@ -94,6 +97,9 @@ DATASETS.register("mnist")(_in_memory("mnist", load_mnist))
 DATASETS.register("cifar10")(_in_memory("cifar10", load_cifar10))
 DATASETS.register("cifar100")(_in_memory("cifar100", load_cifar100))
 DATASETS.register("imagenet")(load_imagenet)
+DATASETS.register("list-retrieval")(load_list_data)
+for _alias, _label in LIST_ALIASES.items():
+    DATASETS.register(_alias, help=f"{_label} as DeepHash list files in --data-dir (train.txt, test.txt, database.txt)")(load_list_data)
 
 
 def load_data(spec: DataSpec) -> DataBundle:

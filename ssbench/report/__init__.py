@@ -3,8 +3,9 @@
     from ssbench.report import build_report
     build_report(open_store(), recipe="quickstart", formats=("terminal", "markdown"), out="report/")
 
-Library pieces: `tables` (pandas frames), `render` (terminal / Markdown / LaTeX / CSV), `plots`
-(matplotlib figures, PNG + SVG).
+Library pieces: `variants` (labels that tell configurations apart, from each run's stored config),
+`tables` (pandas frames), `render` (terminal / Markdown / LaTeX / CSV), `plots` (matplotlib figures,
+PNG + SVG). Every file format renders from the full table; only the terminal gets narrow variants.
 """
 from __future__ import annotations
 
@@ -21,13 +22,17 @@ from ssbench.report.render import FORMATS, SUFFIX, Format, render
 from ssbench.report.tables import TABLES, ReportFilter, alignment_curves, build_tables, display_frame
 
 TITLES = {
-    "clean": "Clean test accuracy (mean ± std over seeds; n = runs)",
+    "clean": "Clean test accuracy (mean ± std over seeds; n = runs; labels carry each variant's options, e.g. ifa(θ=30), mlp[256x3], dataset[classes, train=N])",
     "robust": "Robust accuracy per attack x gradient mode x ε (mean ± std over seeds; worst = per-example worst case over modes; '!' = failed sanity checks)",
-    "alignment": "Alignment at the last epoch: angle(W, B) in degrees and |B| / |W| per layer",
-    "hashing": "Hashing: clean retrieval mAP per rule x bits",
-    "hashing_attacks": "Hashing: mAP under attack per gradient mode x ε",
+    "alignment": "Alignment per layer (mean ± std over seeds): angle(W, B) in degrees and |B|/|W| before training (init) and at the last epoch (final); grad angle = angle(rule's, true weight gradient) at the last epoch, when tracked",
+    "hashing": "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
+    "hashing_attacks": "Hashing: mAP under attack per bits x gradient mode x ε",
+    "hessian": "Hessian of the loss (ssbench analyze hessian): Hutchinson trace, top eigenvalue (Lanczos), loss; mean ± std over seeds",
+    "corruptions": "Accuracy under corruptions per severity (mean ± std over seeds); mean = over severities; 'all' = over corruptions (its mean is the mCA); clean = same examples uncorrupted",
     "sanity": "FAILED sanity checks (robustness claims above that depend on these are not supported)",
 }
+TERMINAL_NOTES = {"sanity": " (details per check: --format markdown or csv)"}
+NARROW_NOTE = " (means only at this terminal width; ± std: --format markdown or csv)"
 
 
 @dataclass
@@ -37,31 +42,134 @@ class Report:
 
 
 def _slug(*parts: Any) -> str:
-    return "_".join(re.sub(r"[^A-Za-z0-9.@-]+", "-", str(p)).strip("-") for p in parts if p is not None and str(p))
+    def clean(p: Any) -> str:
+        return re.sub(r"[^A-Za-z0-9.@-]+", "-", str(p).replace("θ", "theta")).strip("-")
+
+    return "_".join(clean(p) for p in parts if p is not None and str(p))
+
+
+def _bits(bits: Any) -> str | None:
+    return None if bits is None or pd.isna(bits) else f"{int(bits)}bit"
+
+
+def _on(model: Any, dataset: Any, bits: Any = None) -> str:
+    return f"{model} on {dataset}" + ("" if _bits(bits) is None else f", {int(bits)}-bit codes")
 
 
 def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
-    """Robustness curves per model x dataset x metric, alignment over epochs, training curves."""
+    """Robustness curves per model x dataset x bits x metric, alignment over epochs, training curves,
+    Hessian eigenvalue densities and loss surfaces, accuracy vs corruption severity. Model and dataset
+    are variant labels (mlp[256x3], fashion-mnist[5-9]), so variants never share a file."""
     from ssbench.report import plots
-    from ssbench.report.tables import robust_table
+    from ssbench.report.tables import (
+        attach_labels,
+        corruption_table,
+        hessian_runs,
+        labels_of,
+        robust_table,
+    )
 
+    labels = labels_of(store)
+    figure_keys = ["model", "dataset", "bits"]
     files: list[Path] = []
-    robust = robust_table(store, f)
+    robust = robust_table(store, f, labels=labels)
     if not robust.empty:
-        for (model, dataset, metric), sub in robust.groupby(["model", "dataset", "metric"], sort=False, dropna=False):
-            fig = plots.plot_robustness(sub, title=f"{model} on {dataset}")
-            files += plots.save_figure(fig, out, _slug("robust", model, dataset, None if metric == "accuracy" else metric))
-    curves = alignment_curves(store, f)
+        for (model, dataset, bits, metric), sub in robust.groupby([*figure_keys, "metric"], sort=False, dropna=False):
+            fig = plots.plot_robustness(sub, title=_on(model, dataset, bits))
+            stem = _slug("robust", model, dataset, None if metric == "accuracy" else metric, _bits(bits))
+            files += plots.save_figure(fig, out, stem)
+    curves = alignment_curves(store, f, labels)
     if not curves.empty:
-        for (model, dataset), sub in curves.groupby(["model", "dataset"], sort=False, dropna=False):
-            fig = plots.plot_alignment(sub, title=f"alignment of the feedback weights: {model} on {dataset}")
-            files += plots.save_figure(fig, out, _slug("alignment", model, dataset))
+        for (model, dataset, bits), sub in curves.groupby(figure_keys, sort=False, dropna=False):
+            fig = plots.plot_alignment(sub, title=f"alignment of the feedback weights: {_on(model, dataset, bits)}")
+            files += plots.save_figure(fig, out, _slug("alignment", model, dataset, _bits(bits)))
     metrics = store.frame_metrics(status="finished", **f.kwargs())
     if not metrics.empty:
-        for (kind, model, dataset), sub in metrics.groupby(["kind", "model", "dataset"], sort=False, dropna=False):
-            fig = plots.plot_training(sub, title=f"{kind} curves: {model} on {dataset}")
-            files += plots.save_figure(fig, out, _slug("training", kind, model, dataset))
+        metrics = attach_labels(metrics, labels)
+        for (kind, model, dataset, bits), sub in metrics.groupby(["kind", *figure_keys], sort=False, dropna=False):
+            fig = plots.plot_training(sub, title=f"{kind} curves: {_on(model, dataset, bits)}")
+            files += plots.save_figure(fig, out, _slug("training", kind, model, dataset, _bits(bits)))
+    hess = hessian_runs(store, f, labels)
+    if not hess.empty:
+        for (model, dataset, split), sub in hess.groupby(["model", "dataset", "split"], sort=False, dropna=False):
+            where = f"{model} on {dataset} ({split} loss)"
+            if sub["density"].map(lambda p: isinstance(p, dict)).any():
+                fig = plots.plot_hessian_density(sub, title=f"Hessian eigenvalue density: {where}")
+                files += plots.save_figure(fig, out, _slug("hessian_density", model, dataset, split))
+            if sub["surface"].map(lambda p: isinstance(p, dict)).any():
+                fig = plots.plot_loss_surfaces(sub, title=f"loss surface along the top two eigenvectors: {where}")
+                files += plots.save_figure(fig, out, _slug("loss_surface", model, dataset, split))
+    corr = corruption_table(store, f, labels)
+    if not corr.empty:
+        for (model, dataset, bits), sub in corr.groupby(figure_keys, sort=False, dropna=False):
+            fig = plots.plot_corruptions(sub, title=f"accuracy under corruptions: {_on(model, dataset, bits)}")
+            files += plots.save_figure(fig, out, _slug("corruptions", model, dataset, _bits(bits)))
     return files
+
+
+# columns a terminal leaves out when even means-only rows do not fit (the files keep them)
+TERMINAL_SPARE = {"alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "clean": ("seeds",),
+                  "corruptions": ("n",), "hashing": ("n",)}
+
+
+def _terminal_one(name: str, df: pd.DataFrame, title: str, width: int | None, in_title: tuple[str, ...] = ()) -> Any:
+    """The first of: full cells, means only, means only without TERMINAL_SPARE columns, that fits."""
+    from ssbench.report.render import fits, to_rich
+
+    tries = [(True, ())]
+    if width is not None and name != "sanity":
+        tries += [(False, ()), (False, TERMINAL_SPARE.get(name, ()))]
+    for std, spare in tries:
+        shown = display_frame(name, df, std=std, compact=True)
+        left_out = [c for c in spare if c in shown.columns]
+        shown = shown.drop(columns=[c for c in (*in_title, *left_out) if c in shown.columns])
+        note = "" if std else NARROW_NOTE if not left_out else \
+            f" (at this terminal width: means only, without {', '.join(left_out)}; all of it: --format markdown or csv)"
+        table = to_rich(shown, title + note, width)
+        if width is None or fits(table, width):
+            break
+    return table
+
+
+# how a too-wide terminal table is split, in order: the split-off labels move into the sub-table titles
+TERMINAL_SPLITS = {"robust": (("model", "dataset"), ("attack",)), "hashing_attacks": (("model", "dataset"), ("attack",))}
+
+
+def _split_title(keys: tuple[str, ...], values: tuple[Any, ...]) -> str:
+    if keys == ("model", "dataset"):
+        return f"{values[0]} on {values[1]}"
+    return ", ".join(f"{k} {v}" for k, v in zip(keys, values))
+
+
+def _fit(name: str, df: pd.DataFrame, title: str, width: int | None, in_title: tuple[str, ...],
+         splits: tuple[tuple[str, ...], ...]) -> list[Any]:
+    from ssbench.report.render import fits, to_rich
+
+    shown = display_frame(name, df, compact=True)
+    natural = to_rich(shown.drop(columns=[c for c in in_title if c in shown.columns]), title)  # nothing folded
+    if width is None or fits(natural, width):
+        return [natural]
+    if splits and set(splits[0]) <= set(df.columns):
+        keys = splits[0]
+        # a part's title names all its split-off labels (the full title is printed once above the parts)
+        return [t for values, sub in df.groupby(list(keys), sort=False)
+                for t in _fit(name, sub, f"{title}, {_split_title(keys, values)}" if in_title else _split_title(keys, values),
+                              width, (*in_title, *keys), splits[1:])]
+    return [_terminal_one(name, df, title, width, in_title)]
+
+
+def terminal_tables(name: str, df: pd.DataFrame, title: str, width: int | None) -> list[Any]:
+    """What the terminal prints for one table: compact sanity columns; when the table would not fit
+    `width`, one table per model x dataset (robust: also per attack) under the full title, and
+    means without ± std (without n / epoch columns, text folded) where still too wide. Other
+    formats never see these narrow variants."""
+    from rich.text import Text
+
+    title += TERMINAL_NOTES.get(name, "")
+    parts = _fit(name, df, title, width, (), TERMINAL_SPLITS.get(name, (("model", "dataset"),)))
+    if len(parts) == 1 and parts[0].title is not None and parts[0].title.startswith(title[:20]):
+        return parts
+    return [Text(title, style="italic"), *parts]  # the long title once, short ones per part
 
 
 def build_report(
@@ -77,10 +185,14 @@ def build_report(
     out: str | Path | None = None,
     plots: bool = True,
     console: Console | None = None,
+    notes: Console | None = None,
 ) -> Report:
     """Build the tables (and, with `out`, table files + plots). Terminal tables go to `console`; other
-    formats go to `<out>/<table>.<md|tex|csv>`, or to `console` as text when there is no `out`."""
+    formats go to `<out>/<table>.<md|tex|csv>`, or to `console` as text when there is no `out`.
+    Messages (no data, failed sanity checks, files written) go to `notes` (default: `console`), so a
+    caller piping CSV to stdout can send them to stderr."""
     console = console or Console()
+    notes = notes or console
     if tables != "all" and tables not in TABLES:
         from ssbench.errors import SpecError
 
@@ -96,27 +208,21 @@ def build_report(
     out_dir = Path(out) if out is not None else None
     if not any(not df.empty for df in built.values()):
         what = ", ".join(f"{k}={v}" for k, v in f.kwargs().items()) or "no filters"
-        console.print(f"[yellow]no finished runs with {tables if tables != 'all' else 'results'} match ({what}); "
+        notes.print(f"[yellow]no finished runs with {tables if tables != 'all' else 'results'} match ({what}); "
                       "see `ssbench runs`[/]")
     for name, df in built.items():
         title = TITLES.get(name, name)
-        shown = display_frame(name, df)
         for fmt in formats:
             if df.empty:
                 if fmt == "terminal":
-                    console.print(f"[dim]{name}: no data[/]")
+                    notes.print(f"[dim]{name}: no data[/]")
                 continue
             if fmt == "terminal":
-                from ssbench.report.render import fits, to_rich
-
-                table = to_rich(shown, title)
-                if name in ("robust", "hashing_attacks") and not fits(table, console.width):
-                    shown = display_frame(name, df, std=False)
-                    title += " (means only at this terminal width; ± std: --format markdown or csv)"
-                table = to_rich(shown, title, console.width)
-                console.print(table)
+                for table in terminal_tables(name, df, title, console.width):
+                    console.print(table)
                 continue
-            text = render(df if fmt == "csv" else shown, fmt, title=title)
+            # every file format renders from the full frame: nothing a terminal chose carries over
+            text = render(df if fmt == "csv" else display_frame(name, df), fmt, title=title)
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 path = out_dir / f"{name}{SUFFIX[fmt]}"
@@ -130,13 +236,14 @@ def build_report(
 
         failed = sanity_table(store, f)
     if not failed.empty:
-        console.print(f"[bold red]{len(failed)} sanity check(s) failed[/] [red]in {failed['run'].nunique()} attack "
+        notes.print(f"[bold red]{len(failed)} sanity check(s) failed[/] [red]in {failed['run'].nunique()} attack "
                       "run(s); see `ssbench report --table sanity`. Numbers marked '!' rest on them.[/]")
     if out_dir is not None and plots:
         report.files += build_plots(store, f, out_dir, built)
     if out_dir is not None and report.files:
-        console.print(f"wrote {len(report.files)} files to {out_dir}")
+        notes.print(f"wrote {len(report.files)} files to {out_dir}")
     return report
 
 
-__all__ = ["build_report", "build_plots", "Report", "ReportFilter", "build_tables", "display_frame", "render", "FORMATS"]
+__all__ = ["build_report", "build_plots", "terminal_tables", "Report", "ReportFilter", "build_tables", "display_frame",
+           "render", "FORMATS"]

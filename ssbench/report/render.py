@@ -6,6 +6,7 @@ from typing import Literal
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 Format = Literal["terminal", "markdown", "latex", "csv"]
@@ -39,15 +40,21 @@ def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None
     cells = _cells(df)
 
     def build(tight: bool) -> Table:
-        table = Table(title=title, title_justify="left", header_style="bold")
+        # titles carry labels like mlp[256x3]: text, not rich markup
+        table = Table(title=None if title is None else escape(title), title_justify="left", header_style="bold")
         for j, col in enumerate(df.columns):
             values = [r[j] for r in cells]
             numeric = _is_numeric_column(values)
             longest = max([len(str(col)), *map(len, values)])
-            if numeric or longest <= (12 if tight else 24):
-                table.add_column(str(col), justify="right" if numeric else "left", no_wrap=True, min_width=longest)
+            widest_value = max([1, *map(len, values)])
+            if numeric and tight and " " in str(col):  # the header wraps at its spaces, the numbers never do
+                # a fixed width: rich's collapse leaves wrapped columns wider than needed (and crops the edge)
+                table.add_column(escape(str(col)), justify="right", overflow="fold",
+                                 width=max(widest_value, *map(len, str(col).split())))
+            elif numeric or longest <= (12 if tight else 24):
+                table.add_column(escape(str(col)), justify="right" if numeric else "left", no_wrap=True, min_width=longest)
             else:  # long text shares what is left, in proportion to its length
-                table.add_column(str(col), overflow="fold", ratio=longest, min_width=min(longest, 10))
+                table.add_column(escape(str(col)), overflow="fold", ratio=longest, min_width=min(longest, 10))
         for row in cells:
             table.add_row(*[f"[bold red]{c}[/]" if c.endswith("!") else c.replace("[", r"\[") for c in row])
         return table
@@ -57,9 +64,16 @@ def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None
 
 
 def fits(table: Table, width: int) -> bool:
-    """Whether `table` prints within `width` columns without cropping."""
+    """Whether `table` prints within `width` columns without cropping: its natural width fits, or,
+    rendered at `width` (headers wrapped, text folded), its right edge survives (rich's measure can
+    be one column short of what wrapping needs, so the rendering is the judge)."""
     probe = Console(file=io.StringIO(), width=10_000, color_system=None)
-    return probe.measure(table).maximum <= width
+    if probe.measure(table).maximum <= width:
+        return True
+    at = Console(file=io.StringIO(), width=width, color_system=None)
+    at.print(table)
+    top = next((ln for ln in at.file.getvalue().splitlines() if ln.startswith("┏")), "")  # type: ignore[attr-defined]
+    return top.rstrip().endswith("┓")
 
 
 def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
@@ -82,7 +96,8 @@ LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", 
 
 def latex_escape(s: str) -> str:
     out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in s)
-    return out.replace("±", r"$\pm$")
+    # rule labels carry θ (ifa(θ=30)); pdflatex has no glyph for the Unicode letters
+    return out.replace("±", r"$\pm$").replace("θ", r"$\theta$").replace("ε", r"$\varepsilon$")
 
 
 def to_latex(df: pd.DataFrame, title: str | None = None) -> str:

@@ -2,6 +2,10 @@
 
 Every builder returns a *long* numeric frame (what CSV gets); `display_frame` turns one into
 strings ("0.912 ± 0.004") for the terminal, Markdown and LaTeX. Only finished runs count.
+
+Rows are grouped by the variant labels of `ssbench.report.variants` (rule with its options, model
+with its widths, dataset with its class subset / training-set size, hash bits, any other config
+difference), so a mean ± std is always over seeds of one configuration, never over configurations.
 """
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ssbench.report.variants import LABELS, rule_sort_key, run_labels
+
 MODE_ORDER = ("feedback", "exact", "transfer", "query", "worst")
 TRAIN_KINDS = ("pretrain", "finetune", "train")
 EPS_DECIMALS = 8  # 8/255 stored by two runs must land on the same column
+KEYS = ["kind", *LABELS]  # what identifies a configuration (everything but the seed)
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,37 @@ class ReportFilter:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def labels_of(store: Any) -> pd.DataFrame:
+    """`run_labels` of every run in the store (one query; pass it to the builders to reuse it)."""
+    return run_labels(store.frame_runs())
+
+
+def attach_labels(df: pd.DataFrame, labels: pd.DataFrame, id_col: str = "run_id") -> pd.DataFrame:
+    """Replace the bare rule / model / dataset (and kind) by the labels of each row's subject run.
+    Rows of runs the labels do not know (started after they were read) are left out."""
+    lab = labels.reindex(df[id_col].astype(int).to_numpy())
+    known = lab["subject"].notna().to_numpy()
+    df, lab = df[known].copy(), lab[known]
+    for c in ["subject", *KEYS]:
+        df[c] = lab[c].to_numpy()
+    df["subject"] = df["subject"].astype(int)
+    return df
+
+
+def _subject_filter(df: pd.DataFrame, labels: pd.DataFrame, f: ReportFilter) -> pd.DataFrame:
+    """recipe / tag of a child run (analysis) are those of the run it analysed, else its own (as for sweeps)."""
+    if df.empty or (f.recipe is None and f.tag is None):
+        return df
+    lab = labels.loc[df["run_id"].astype(int).to_numpy()]
+    keep = np.ones(len(df), dtype=bool)
+    if f.recipe is not None:
+        keep &= (lab["recipe"] == f.recipe).to_numpy()
+    if f.tag is not None:
+        has = lambda t: isinstance(t, list) and f.tag in t  # noqa: E731
+        keep &= np.array([has(a) or has(b) for a, b in zip(lab["tags"], df["tags"])], dtype=bool)
+    return df[keep].reset_index(drop=True)
+
+
 def _std(x: pd.Series) -> float:
     x = x.dropna()
     return float(x.std(ddof=1)) if len(x) > 1 else float("nan")
@@ -44,6 +82,12 @@ def _agg(df: pd.DataFrame, keys: list[str], value: str, prefix: str) -> pd.DataF
     return out
 
 
+def _seeds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    s = df.groupby(keys, sort=False, dropna=False)["seed"].agg(
+        lambda v: ",".join(str(int(x)) for x in sorted(v.dropna())))
+    return s.rename("seeds").reset_index()
+
+
 def _sort(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     keys = [k for k in keys if k in df.columns]
     if df.empty or not keys:
@@ -52,8 +96,13 @@ def _sort(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     def key(col: pd.Series) -> pd.Series:
         if col.name == "mode":
             return col.map(lambda m: MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER))
-        if col.name == "rule":  # bp first: the reference row
-            return col.map(lambda r: (r != "bp", str(r)))
+        if col.name == "rule":  # bp first (the reference row), then rule order, options numerically
+            order = {r: i for i, r in enumerate(sorted(set(map(str, col)), key=rule_sort_key))}
+            return col.map(lambda r: order[str(r)])
+        if col.name == "kind":
+            return col.map(lambda k: TRAIN_KINDS.index(k) if k in TRAIN_KINDS else len(TRAIN_KINDS))
+        if col.dtype == object:
+            return col.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
         return col
 
     return df.sort_values(keys, key=key, kind="stable").reset_index(drop=True)
@@ -61,19 +110,20 @@ def _sort(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 # -- (1) clean accuracy ---------------------------------------------------------------------------
 
-def clean_table(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
-    """Test accuracy of trained runs per kind x rule x model x dataset: mean ± std over seeds, n runs."""
+def clean_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Test accuracy of trained runs per kind x variant (rule, model, dataset, bits, variant): mean ± std
+    over seeds, n runs."""
     ev = store.frame_evaluations(status="finished", **f.kwargs())
-    cols = ["kind", "rule", "model", "dataset", "accuracy_mean", "accuracy_std", "n", "seeds"]
+    cols = [*KEYS, "accuracy_mean", "accuracy_std", "n", "seeds"]
     if ev.empty:
         return pd.DataFrame(columns=cols)
     ev = ev[ev["kind"].isin(TRAIN_KINDS) & (ev["metric"] == "accuracy") & (ev["split"] == "test")]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    ev = attach_labels(ev, labels_of(store) if labels is None else labels)
     ev = ev.drop_duplicates("run_id", keep="last")  # one number per run: the last logged
-    keys = ["kind", "rule", "model", "dataset"]
-    out = _agg(ev, keys, "value", "accuracy")
-    seeds = ev.groupby(keys, sort=False, dropna=False)["seed"].agg(lambda s: ",".join(str(int(v)) for v in sorted(s.dropna())))
-    out = out.merge(seeds.rename("seeds").reset_index(), on=keys, how="left")
-    return _sort(out[cols], ["kind", "model", "dataset", "rule"])
+    out = _agg(ev, KEYS, "value", "accuracy").merge(_seeds(ev, KEYS), on=KEYS, how="left")
+    return _sort(out[cols], ["kind", "model", "dataset", "bits", "rule", "variant"])
 
 
 # -- (2) robust accuracy --------------------------------------------------------------------------
@@ -83,30 +133,52 @@ def _and_strings(strings: list[str]) -> str:
     return "".join("1" if v else "0" for v in arr.all(axis=0))
 
 
+def _worst_failed(modes: Any, failed_ids: Any | None, failed_checks: Any) -> int:
+    """Failed checks behind a worst-case cell: those of the non-feedback modes (mode-independent
+    checks are counted in every mode). The worst case takes the per-example minimum over all modes,
+    exact included, so it does not rest on the feedback gradient being honest, and a failed
+    feedback-mode gradient-consistency check (the obfuscation this tool exists to expose) must not
+    flag it."""
+    honest = [i for i, m in enumerate(modes) if m != "feedback"]
+    if not honest:
+        return 0
+    if failed_ids is not None:
+        return len(set().union(*[set(failed_ids[i]) for i in honest]))
+    return int(max(failed_checks[i] for i in honest))
+
+
 def worst_case(points: pd.DataFrame) -> pd.DataFrame:
     """The 'worst' pseudo-mode: per (target, attack, metric, epsilon) over the gradient modes present.
 
     With per-example `correct` strings of equal length from runs that attacked the same examples
     (same n and attack seed), an example counts as robust only if it survived every mode (AND);
     otherwise the minimum of the modes' robust values (an upper bound of the true worst case).
-    Only groups with at least two modes get a worst row.
+    Only groups with at least two modes get a worst row. `failed_checks`: see `_worst_failed`.
     """
+    if points.empty:
+        return pd.DataFrame()
     rows = []
     keys = ["target", "attack", "metric", "epsilon"]
-    for key, g in points.groupby(keys, sort=False, dropna=False):
-        if g["mode"].nunique() < 2:
+    col = {c: points[c].to_numpy() for c in points.columns}  # plain arrays: thousands of small groups
+    skip = ("mode", "robust", "correct", "run_id", "failed_ids", "failed_checks")
+    for idx in points.groupby(keys, sort=False, dropna=False).indices.values():
+        modes = col["mode"][idx]
+        if len(set(modes)) < 2:
             continue
-        strings = g["correct"].tolist()
-        same_examples = g["n"].nunique() == 1 and g["attack_seed"].nunique(dropna=False) == 1
-        if same_examples and all(isinstance(s, str) and len(s) == int(g["n"].iloc[0]) and s for s in strings):
+        strings = list(col["correct"][idx])
+        seeds = {None if pd.isna(v) else v for v in col["attack_seed"][idx]}
+        n0 = int(col["n"][idx[0]])
+        same_examples = len(set(col["n"][idx])) == 1 and len(seeds) == 1
+        if same_examples and all(isinstance(s, str) and len(s) == n0 and s for s in strings):
             alive = _and_strings(strings)
             robust, how, correct = alive.count("1") / len(alive), "per-example", alive
         else:
-            robust, how, correct = float(g["robust"].min()), "min", None
-        first = g.iloc[0]
-        rows.append({**{c: first[c] for c in g.columns if c not in ("mode", "robust", "correct", "run_id")},
-                     "mode": "worst", "robust": robust, "correct": correct, "run_id": first["run_id"],
-                     "combined": how, "failed_checks": int(g["failed_checks"].max())})
+            robust, how, correct = float(np.min(col["robust"][idx])), "min", None
+        failed = _worst_failed(modes, col["failed_ids"][idx] if "failed_ids" in col else None,
+                               col["failed_checks"][idx])
+        rows.append({**{c: col[c][idx[0]] for c in points.columns if c not in skip},
+                     "mode": "worst", "robust": robust, "correct": correct, "run_id": col["run_id"][idx[0]],
+                     "combined": how, "failed_checks": failed})
     return pd.DataFrame(rows)
 
 
@@ -114,42 +186,47 @@ def _failed_checks(store: Any) -> pd.DataFrame:
     s = store.frame_sanity()
     if s.empty:
         return s
+    s = s.reset_index(drop=True)
+    s["check_id"] = range(len(s))
     return s[s["passed"].map(lambda v: v is False or v == 0) & s["passed"].notna()]
 
 
-def robust_points(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
+def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per-target sweep points (the latest finished attack run per target x attack x mode x eps)
-    plus the 'worst' rows, with `failed_checks` = failed sanity checks of the attack run that concern
-    the point's attack / mode (or the whole run)."""
+    with the target's variant labels, plus the 'worst' rows, with `failed_checks` = failed sanity
+    checks of the attack run that concern the point's attack / mode (or the whole run)."""
     sw = store.frame_sweeps(status="finished", **f.kwargs())
     if sw.empty:
         return sw
-    sw = sw.copy()
+    sw = attach_labels(sw, labels_of(store) if labels is None else labels)
     sw["epsilon"] = sw["epsilon"].round(EPS_DECIMALS)
     sw["target"] = [int(t) if pd.notna(t) else -int(r) for t, r in zip(sw["target_id"], sw["run_id"])]
     sw["norm"] = sw["params"].map(lambda p: (p or {}).get("norm", "linf"))
     sw = sw.sort_values("run_id", kind="stable").drop_duplicates(["target", "attack", "metric", "mode", "epsilon"], keep="last")
     failed = _failed_checks(store)
-    counts = []
-    for run_id, attack, mode in zip(sw["run_id"], sw["attack"], sw["mode"]):
-        if failed.empty:
-            counts.append(0)
-            continue
-        r = failed[failed["run_id"] == run_id]
-        hit = r["attack"].isna() | (r["attack"] == attack)
-        hit &= r["mode"].isna() | (r["mode"] == mode)
-        counts.append(int(hit.sum()))
-    sw["failed_checks"] = counts
+    by_run: dict[int, list[tuple[int, Any, Any]]] = {}
+    if not failed.empty:
+        for cid, rid, attack, mode in zip(failed["check_id"], failed["run_id"], failed["attack"], failed["mode"]):
+            by_run.setdefault(int(rid), []).append((int(cid), attack, mode))
+    # a check concerns a point when it names the point's attack / mode or none (the whole run)
+    ids = [[cid for cid, a, m in by_run.get(int(run_id), []) if (_blank(a) or a == attack) and (_blank(m) or m == mode)]
+           for run_id, attack, mode in zip(sw["run_id"], sw["attack"], sw["mode"])]
+    sw["failed_ids"] = ids
+    sw["failed_checks"] = [len(i) for i in ids]
     worst = worst_case(sw)
     sw["combined"] = None
     return pd.concat([sw, worst], ignore_index=True) if not worst.empty else sw
 
 
-def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Robust metric per rule x model x dataset x attack x metric x epsilon x mode (with 'worst'):
-    mean ± std over targets (seeds), n targets, examples per target, failed sanity checks."""
-    p = robust_points(store, f) if points is None else points
-    keys = ["rule", "model", "dataset", "attack", "norm", "metric", "epsilon", "mode"]
+ROBUST_KEYS = [*KEYS, "attack", "norm", "metric", "epsilon", "mode"]
+
+
+def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFrame | None = None,
+                 labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Robust metric per variant (kind, rule, model, dataset, bits, variant) x attack x metric x epsilon
+    x mode (with 'worst'): mean ± std over targets (seeds), n targets, examples, failed sanity checks."""
+    p = robust_points(store, f, labels) if points is None else points
+    keys = ROBUST_KEYS
     cols = [*keys, "robust_mean", "robust_std", "n", "examples", "failed_checks"]
     if p.empty:
         return pd.DataFrame(columns=cols)
@@ -157,29 +234,49 @@ def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFr
     g = p.groupby(keys, sort=False, dropna=False)
     out = out.merge(g["n"].sum().rename("examples").reset_index(), on=keys)
     out = out.merge(g["failed_checks"].sum().reset_index(), on=keys)
-    return _sort(out[cols], ["model", "dataset", "metric", "attack", "rule", "mode", "epsilon"])
+    return _sort(out[cols], ["kind", "model", "dataset", "bits", "metric", "attack", "rule", "variant", "mode", "epsilon"])
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
+
+
+def _label_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """bits as '32' / '', variant '' for none: pivot and display need non-NaN keys."""
+    df = df.copy()
+    if "bits" in df.columns:
+        df["bits"] = ["" if _blank(v) else str(int(v)) for v in df["bits"]]
+    if "variant" in df.columns:
+        df["variant"] = ["" if _blank(v) else str(v) for v in df["variant"]]
+    return df
+
+
+def _drop_uninformative(df: pd.DataFrame, constant: tuple[str, ...] = ()) -> list[str]:
+    """Label columns a display can leave out: bits / variant when empty everywhere, `constant` ones
+    when they hold a single value."""
+    drop = [c for c in ("bits", "variant") if c in df.columns and all(_blank(v) for v in df[c])]
+    drop += [c for c in constant if c in df.columns and c not in drop and df[c].nunique(dropna=False) == 1]
+    return drop
 
 
 def robust_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
-    """Display form of `robust_table`: one row per rule x attack x mode, one column per epsilon.
+    """Display form of `robust_table`: one row per variant x attack x mode, one column per epsilon.
     A cell ending in '!' has failed sanity checks behind it (see the sanity table).
     `std=False`: means only (narrow terminals)."""
     if df.empty:
         return pd.DataFrame()
-    df = df.copy()
+    df = _label_strings(df)
     df["cell"] = [_pm(m, s if std else None) + ("!" if fc else "")
                   for m, s, fc in zip(df["robust_mean"], df["robust_std"], df["failed_checks"])]
     df["eps"] = [_eps_label(e, norm) for e, norm in zip(df["epsilon"], df["norm"])]
-    index = ["model", "dataset", "attack", "metric", "rule", "mode"]
-    if df["model"].nunique() == 1 and df["dataset"].nunique() == 1:
-        index = index[2:]
-    if df["metric"].nunique() == 1:
-        index.remove("metric")
+    index = ["kind", "model", "dataset", "bits", "attack", "metric", "rule", "variant", "mode"]
+    drop = _drop_uninformative(df, ("kind", "model", "dataset", "metric"))
+    index = [c for c in index if c in df.columns and c not in drop]  # `ssbench show` passes bare sweep rows
     order = list(dict.fromkeys(df.sort_values(["norm", "epsilon"])["eps"]))
     wide = df.pivot_table(index=index, columns="eps", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=order).reset_index()
     wide.columns.name = None
-    wide = _sort(wide, ["model", "dataset", "attack", "metric", "rule", "mode"])
+    wide = _sort(wide, ["kind", "model", "dataset", "bits", "attack", "metric", "rule", "variant", "mode"])
     return wide.fillna("")
 
 
@@ -195,77 +292,274 @@ def _eps_label(e: float, norm: Any) -> str:
 
 # -- (3) alignment --------------------------------------------------------------------------------
 
-def alignment_curves(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
-    """Mean angle / norm ratio per rule x model x dataset x layer x epoch over finished rule runs."""
+def _alignment(store: Any, f: ReportFilter, labels: pd.DataFrame | None) -> pd.DataFrame:
     a = store.frame_alignment(status="finished", **f.kwargs())
-    keys = ["rule", "model", "dataset", "layer", "epoch"]
     if a.empty:
-        return pd.DataFrame(columns=[*keys, "angle_mean", "angle_std", "n"])
-    a = a[a["kind"].isin(("finetune", "train"))].copy()
+        return a
+    a = a[a["kind"].isin(("finetune", "train"))]
+    if a.empty:
+        return a
+    a = attach_labels(a, labels_of(store) if labels is None else labels)
     a["layer_order"] = a.groupby("run_id").cumcount()  # the order alignment_metrics reported layers in
     a["layer_order"] = a.groupby(["run_id", "layer"])["layer_order"].transform("min")
+    return a
+
+
+def alignment_curves(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean angle(W, B), |B|/|W| and (when tracked) gradient angle per variant x layer x epoch."""
+    a = _alignment(store, f, labels)
+    keys = [*KEYS, "layer", "epoch"]
+    cols = [*keys, "angle_mean", "angle_std", "n", "norm_ratio_mean", "grad_angle_mean", "grad_angle_std"]
+    if a.empty:
+        return pd.DataFrame(columns=cols)
     out = _agg(a, keys, "angle_deg", "angle")
     out = out.merge(a.groupby(keys, dropna=False)["norm_ratio"].mean().rename("norm_ratio_mean").reset_index(), on=keys)
-    out = out.merge(a.groupby(["rule", "layer"], dropna=False)["layer_order"].min().reset_index(), on=["rule", "layer"])
-    return out.sort_values(["rule", "layer_order", "epoch"], kind="stable").drop(columns="layer_order").reset_index(drop=True)
+    grad = _agg(a, keys, "grad_angle_deg", "grad_angle").drop(columns="n")
+    out = out.merge(grad, on=keys)
+    order = a.groupby(["rule", "layer"], dropna=False)["layer_order"].min().reset_index()
+    out = out.merge(order, on=["rule", "layer"])
+    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order", "epoch"])
+    return out[cols]
 
 
-def alignment_table(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
-    """Angle(W, B) and |B|/|W| per layer at each run's last epoch: mean ± std over runs, per rule."""
-    a = store.frame_alignment(status="finished", **f.kwargs())
-    keys = ["rule", "model", "dataset", "layer"]
-    cols = [*keys, "epoch", "angle_mean", "angle_std", "norm_ratio_mean", "norm_ratio_std", "n"]
+def alignment_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per variant x layer: angle(W, B) and |B|/|W| at each run's first logged epoch (0 = before
+    training) and at its last; the gradient angle (rule vs true weight gradient, when tracked) at
+    the last epoch. Mean ± std over runs (seeds)."""
+    a = _alignment(store, f, labels)
+    keys = [*KEYS, "layer"]
+    values = ["angle_initial", "angle_final", "norm_ratio_initial", "norm_ratio_final", "grad_angle_final"]
+    cols = [*keys, *[f"{v}_{s}" for v in values for s in ("mean", "std")], "initial_epoch", "final_epoch", "n"]
     if a.empty:
         return pd.DataFrame(columns=cols)
-    a = a[a["kind"].isin(("finetune", "train"))].copy()
-    a["order"] = range(len(a))
+    first = a.groupby("run_id")["epoch"].transform("min")
     last = a.groupby("run_id")["epoch"].transform("max")
-    a = a[a["epoch"] == last]
-    if a.empty:
-        return pd.DataFrame(columns=cols)
-    angle = _agg(a, keys, "angle_deg", "angle")
-    ratio = _agg(a, keys, "norm_ratio", "norm_ratio").drop(columns="n")
-    ep = a.groupby(keys, sort=False, dropna=False)["epoch"].max().reset_index()
-    order = a.groupby(keys, sort=False, dropna=False)["order"].min().reset_index()
-    out = angle.merge(ratio, on=keys).merge(ep, on=keys).merge(order, on=keys)
-    out = _sort(out, ["model", "dataset", "rule", "order"]).drop(columns="order")
+    per_run = ["run_id", "layer"]
+    ini = a[a["epoch"] == first].drop_duplicates(per_run, keep="last").set_index(per_run)
+    fin = a[a["epoch"] == last].drop_duplicates(per_run, keep="last").set_index(per_run)
+    runs = fin[[*keys[:-1], "layer_order", "epoch"]].rename(columns={"epoch": "final_epoch"})
+    runs["initial_epoch"] = ini["epoch"].reindex(runs.index)
+    runs["angle_initial"] = ini["angle_deg"].reindex(runs.index)
+    runs["norm_ratio_initial"] = ini["norm_ratio"].reindex(runs.index)
+    runs["angle_final"] = fin["angle_deg"]
+    runs["norm_ratio_final"] = fin["norm_ratio"]
+    runs["grad_angle_final"] = fin["grad_angle_deg"]
+    runs = runs.reset_index()
+    out = _agg(runs, keys, "angle_final", "angle_final")
+    for v in values:
+        if v != "angle_final":
+            out = out.merge(_agg(runs, keys, v, v).drop(columns="n"), on=keys)
+    g = runs.groupby(keys, sort=False, dropna=False)
+    out = out.merge(g["initial_epoch"].min().reset_index(), on=keys).merge(g["final_epoch"].max().reset_index(), on=keys)
+    out = out.merge(g["layer_order"].min().reset_index(), on=keys)
+    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order"])
     return out[cols]
 
 
 # -- (4) hashing ----------------------------------------------------------------------------------
 
-def hashing_table(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
-    """Clean retrieval mAP (evaluations 'map@K', split test) of trained runs per rule x bits."""
+def _retrieval_metric(m: Any) -> bool:
+    return str(m).startswith(("map", "precision"))
+
+
+def _metric_order(m: str) -> str:
+    return ("0" if m.startswith("map") else "1") + m  # mAP@K first, then precision@K
+
+
+def hashing_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Clean retrieval metrics of trained runs (test evaluations mAP@K and precision@K) per variant x
+    bits x metric: mean ± std over seeds."""
     ev = store.frame_evaluations(status="finished", **f.kwargs())
-    keys = ["rule", "model", "dataset", "bits", "metric"]
-    cols = [*keys, "map_mean", "map_std", "n"]
+    keys = [*KEYS, "metric"]
+    cols = [*keys, "value_mean", "value_std", "n", "seeds"]
     if ev.empty:
         return pd.DataFrame(columns=cols)
-    ev = ev[ev["kind"].isin(TRAIN_KINDS) & ev["metric"].str.startswith("map") & (ev["split"] == "test")].copy()
+    ev = ev[ev["kind"].isin(TRAIN_KINDS) & ev["metric"].map(_retrieval_metric) & (ev["split"] == "test")]
     if ev.empty:
         return pd.DataFrame(columns=cols)
-    runs = store.frame_runs().set_index("id")["config"]
-    ev["bits"] = [((runs.get(r) or {}).get("hashing") or {}).get("bits") for r in ev["run_id"]]
+    ev = attach_labels(ev, labels_of(store) if labels is None else labels)
     ev = ev.drop_duplicates(["run_id", "metric"], keep="last")
-    out = _agg(ev, keys, "value", "map")
-    return _sort(out[cols], ["model", "dataset", "metric", "bits", "rule"])
+    out = _agg(ev, keys, "value", "value").merge(_seeds(ev, keys), on=keys, how="left")
+    out["_m"] = out["metric"].map(_metric_order)
+    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_m"])
+    return out[cols]
 
 
-def hashing_attack_table(store: Any, f: ReportFilter = ReportFilter(), robust: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The mAP sweeps of attack runs (robust table rows whose metric is 'map@K')."""
-    r = robust_table(store, f) if robust is None else robust
-    return r[r["metric"].astype(str).str.startswith("map")].reset_index(drop=True) if not r.empty else r
+def hashing_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+    """Display form of `hashing_table`: one row per variant (bits included), one column per metric."""
+    if df.empty:
+        return pd.DataFrame()
+    df = _label_strings(df)
+    df["cell"] = [_pm(m, s if std else None) for m, s in zip(df["value_mean"], df["value_std"])]
+    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant")
+             if c not in _drop_uninformative(df, ("kind",))]
+    metrics = sorted(set(df["metric"]), key=_metric_order)
+    wide = df.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=metrics).reset_index()
+    wide.columns.name = None
+    n = df.groupby(index, sort=False)["n"].max().reset_index()
+    wide = wide.merge(n, on=index)
+    wide["n"] = wide["n"].astype(int).astype(str)
+    return wide.fillna("")
 
 
-# -- (5) sanity -----------------------------------------------------------------------------------
+def hashing_attack_table(store: Any, f: ReportFilter = ReportFilter(), robust: pd.DataFrame | None = None,
+                         labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The mAP sweeps of attack runs (robust table rows whose metric is 'map@K'), bits as a key."""
+    r = robust_table(store, f, labels=labels) if robust is None else robust
+    return r[r["metric"].map(_retrieval_metric)].reset_index(drop=True) if not r.empty else r
 
-def sanity_table(store: Any, f: ReportFilter = ReportFilter()) -> pd.DataFrame:
-    """Sanity checks that FAILED, with the attacked model's rule / model / dataset / seed."""
+
+# -- (5) Hessian ----------------------------------------------------------------------------------
+
+def _analysis(store: Any, f: ReportFilter, labels: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
+    """Evaluations of finished analysis runs with these metrics, labelled by the analysed run."""
+    kw = {k: v for k, v in f.kwargs().items() if k not in ("recipe", "tag")}
+    ev = store.frame_evaluations(status="finished", kind="analysis", **kw)
+    if ev.empty:
+        return ev
+    ev = ev[ev["metric"].isin(metrics)]
+    if ev.empty:
+        return ev
+    ev = _subject_filter(attach_labels(ev, labels), labels, f)
+    # the seed that makes two rows replicates is the analysed run's, not the analysis job's
+    ev["seed"] = labels.loc[ev["run_id"].astype(int).to_numpy(), "seed"].to_numpy()
+    return ev
+
+
+def hessian_runs(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per analysed run x split (its latest Hessian analysis): trace, top eigenvalue (Lanczos,
+    else power iteration), loss, and the density / loss-surface params when stored."""
+    labels = labels_of(store) if labels is None else labels
+    ev = _analysis(store, f, labels, ("hessian_trace", "hessian_top_eig", "hessian_loss", "hessian_density", "loss_surface"))
+    cols = ["run_id", "subject", "seed", *KEYS, "split", "trace", "top_eig", "loss", "density", "surface"]
+    if ev.empty or not (ev["metric"] == "hessian_trace").any():
+        return pd.DataFrame(columns=cols)
+    latest = ev[ev["metric"] == "hessian_trace"].groupby(["subject", "split"])["run_id"].max()
+    rows = []
+    for (subject, split), run_id in latest.items():
+        r = ev[ev["run_id"] == run_id]
+        top = r[r["metric"] == "hessian_top_eig"]
+        methods = [(p or {}).get("method") for p in top["params"]]
+        lanczos = top[[m == "lanczos" for m in methods]]
+        top_eig = (lanczos if len(lanczos) else top)["value"]
+        pick = lambda m: r[r["metric"] == m]  # noqa: E731
+        first = r.iloc[0]
+        rows.append({
+            "run_id": int(run_id), "subject": int(subject), "seed": first["seed"], **{k: first[k] for k in KEYS},
+            "split": split, "trace": float(pick("hessian_trace")["value"].iloc[-1]),
+            "top_eig": float(top_eig.iloc[-1]) if len(top_eig) else float("nan"),
+            "loss": float(pick("hessian_loss")["value"].iloc[-1]) if len(pick("hessian_loss")) else float("nan"),
+            "density": pick("hessian_density")["params"].iloc[-1] if len(pick("hessian_density")) else None,
+            "surface": pick("loss_surface")["params"].iloc[-1] if len(pick("loss_surface")) else None,
+        })
+    return pd.DataFrame(rows, columns=cols)
+
+
+def hessian_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Hessian trace and top eigenvalue per variant x split: mean ± std over seeds (latest analysis per run)."""
+    h = hessian_runs(store, f, labels)
+    keys = [*KEYS, "split"]
+    cols = [*keys, "trace_mean", "trace_std", "top_eig_mean", "top_eig_std", "loss_mean", "loss_std", "n", "seeds"]
+    if h.empty:
+        return pd.DataFrame(columns=cols)
+    out = _agg(h, keys, "trace", "trace")
+    for v in ("top_eig", "loss"):
+        out = out.merge(_agg(h, keys, v, v).drop(columns="n"), on=keys)
+    out = out.merge(_seeds(h, keys), on=keys, how="left")
+    return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant"])
+
+
+# -- (6) corruptions ------------------------------------------------------------------------------
+
+def corruption_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per analysed run: accuracy per corruption x severity (the latest analysis per point), and the
+    clean accuracy of its latest corruption analysis."""
+    labels = labels_of(store) if labels is None else labels
+    ev = _analysis(store, f, labels, ("corruption_accuracy", "accuracy"))
+    cols = ["run_id", "subject", "seed", *KEYS, "corruption", "severity", "accuracy"]
+    if ev.empty or not (ev["metric"] == "corruption_accuracy").any():
+        return pd.DataFrame(columns=cols)
+    c = ev[ev["metric"] == "corruption_accuracy"].copy()
+    c["corruption"] = [(p or {}).get("corruption") for p in c["params"]]
+    c["severity"] = [int((p or {}).get("severity")) for p in c["params"]]
+    c = c.sort_values("run_id", kind="stable").drop_duplicates(["subject", "corruption", "severity"], keep="last")
+    clean = ev[(ev["metric"] == "accuracy") & ev["run_id"].isin(set(c["run_id"]))].copy()
+    clean = clean.sort_values("run_id", kind="stable").drop_duplicates("subject", keep="last")
+    clean["corruption"], clean["severity"] = "none", 0
+    out = pd.concat([c, clean], ignore_index=True).rename(columns={"value": "accuracy"})
+    return out[cols]
+
+
+def corruption_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Accuracy under corruptions per variant: rows (corruption, severity 1-5) and the means, each
+    computed per run first and then mean ± std over seeds:
+    (corruption, NaN) = mean over its severities; ('all', s) = mean over corruptions at severity s;
+    ('all', NaN) = mean over every corruption x severity (the mean corruption accuracy, mCA);
+    ('none', 0) = clean accuracy on the same examples."""
+    p = corruption_points(store, f, labels)
+    keys = [*KEYS, "corruption", "severity"]
+    cols = [*keys, "accuracy_mean", "accuracy_std", "n", "seeds"]
+    if p.empty:
+        return pd.DataFrame(columns=cols)
+    per_run = ["subject", "seed", *KEYS]
+    corr = p[p["corruption"] != "none"]
+    by_corr = corr.groupby([*per_run, "corruption"], dropna=False)["accuracy"].mean().reset_index()
+    by_corr["severity"] = np.nan
+    by_sev = corr.groupby([*per_run, "severity"], dropna=False)["accuracy"].mean().reset_index()
+    by_sev["corruption"] = "all"
+    overall = corr.groupby(per_run, dropna=False)["accuracy"].mean().reset_index()
+    overall["corruption"], overall["severity"] = "all", np.nan
+    rows = pd.concat([p, by_corr, by_sev, overall], ignore_index=True)
+    out = _agg(rows, keys, "accuracy", "accuracy").merge(_seeds(rows, keys), on=keys, how="left")
+    first_seen = {c: i for i, c in enumerate(dict.fromkeys(p["corruption"]))}  # stored order: by family
+    out["_c"] = out["corruption"].map(lambda c: 10_000 + (c == "none") if c in ("all", "none") else first_seen[c])
+    out["_s"] = out["severity"].fillna(99)
+    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_c", "_s"])
+    return out[cols]
+
+
+def corruption_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+    """Display form of `corruption_table`: one row per variant x corruption, columns clean, severities,
+    mean ('all' rows: means over corruptions; its mean is the mCA)."""
+    if df.empty:
+        return pd.DataFrame()
+    df = _label_strings(df)
+    df["col"] = ["mean" if pd.isna(s) else ("clean" if c == "none" else str(int(s)))
+                 for c, s in zip(df["corruption"], df["severity"])]
+    df.loc[df["corruption"] == "none", "corruption"] = "all"  # clean sits in the 'all' row
+    df["cell"] = [_pm(m, s if std else None) for m, s in zip(df["accuracy_mean"], df["accuracy_std"])]
+    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant", "corruption")
+             if c not in _drop_uninformative(df, ("kind", "model", "dataset"))]
+    sev = sorted({int(s) for s in df["severity"].dropna() if int(s) > 0})
+    columns = [c for c in ("clean", *map(str, sev), "mean") if c in set(df["col"])]
+    wide = df.pivot_table(index=index, columns="col", values="cell", aggfunc="first", sort=False)
+    wide = wide.reindex(columns=columns).reset_index()
+    wide.columns.name = None
+    n = df.groupby(index, sort=False)["n"].max().reset_index()
+    wide = wide.merge(n, on=index)
+    wide["n"] = wide["n"].astype(int).astype(str)
+    return wide.fillna("")
+
+
+# -- (7) sanity -----------------------------------------------------------------------------------
+
+SANITY_COMPACT = ["run", "rule", "check", "attack", "mode", "value"]
+
+
+def sanity_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Sanity checks that FAILED, with the attacked model's rule / model / dataset labels and seed."""
     s = store.frame_sanity(**f.kwargs())
     cols = ["run", "target", "rule", "model", "dataset", "seed", "check", "attack", "mode", "value", "detail"]
     if s.empty:
         return pd.DataFrame(columns=cols)
     s = s[s["passed"].notna() & s["passed"].map(lambda v: v is False or v == 0)].copy()
+    if s.empty:
+        return pd.DataFrame(columns=cols)
+    labels = labels_of(store) if labels is None else labels
+    lab = labels.reindex(s["run_id"].astype(int).to_numpy())
+    for c in ("rule", "model", "dataset"):  # a run newer than the labels keeps its bare names
+        s[c] = [new if isinstance(new, str) else old for new, old in zip(lab[c], s[c])]
     runs = store.frame_runs().set_index("id")
     s["target_id"] = s["parent_id"]
     s["seed"] = [runs["seed"].get(int(t)) if pd.notna(t) and int(t) in runs.index else None for t in s["target_id"]]
@@ -283,52 +577,92 @@ def _pm(mean: Any, std: Any, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def display_frame(name: str, df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
-    """Strings for humans: mean ± std merged, long robust tables pivoted over epsilon
-    (`std=False`: robust cells show the mean only)."""
+def _sig(mean: Any, std: Any) -> str:
+    """4 significant digits for quantities without a natural scale (curvature)."""
+    if mean is None or pd.isna(mean):
+        return ""
+    return f"{mean:.4g}" + ("" if std is None or pd.isna(std) else f" ± {std:.2g}")
+
+
+MERGED = {  # prefix of <prefix>_mean / _std -> (digits of "mean ± std", None = 4 significant; display header)
+    "accuracy": (3, "accuracy"), "angle_initial": (1, "angle init"), "angle_final": (1, "angle final"),
+    "norm_ratio_initial": (2, "|B|/|W| init"), "norm_ratio_final": (2, "|B|/|W| final"),
+    "grad_angle_final": (1, "grad angle final"), "trace": (None, "trace"), "top_eig": (None, "top eigenvalue"),
+    "loss": (3, "loss"),
+}
+
+
+def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: bool = False) -> pd.DataFrame:
+    """Strings for humans: mean ± std merged, long robust / hashing / corruption tables pivoted.
+    `std=False`: means only (a terminal too narrow for ± std); `compact=True`: the terminal's sanity
+    table without the free-text columns."""
     if df.empty:
         return df
     if name in ("robust", "hashing_attacks"):
         return robust_wide(df, std=std)
-    out = df.copy()
+    if name == "hashing":
+        return hashing_wide(df, std=std)
+    if name == "corruptions":
+        return corruption_wide(df, std=std)
+    out = _label_strings(df)
+    # kind is the point of the clean table (pretrain vs fine-tuned); elsewhere a single kind says nothing
+    out = out.drop(columns=_drop_uninformative(out, () if name == "clean" else ("kind",)))
     if name == "sanity":  # narrow enough for a terminal: constant columns say nothing
         out = out.drop(columns=[c for c in ("model", "dataset") if out[c].nunique(dropna=False) == 1])
-    for prefix, digits in (("accuracy", 3), ("angle", 1), ("norm_ratio", 2), ("map", 3)):
+        if compact:
+            out = out[[c for c in SANITY_COMPACT if c in out.columns]]
+    if name == "alignment":
+        out = out.drop(columns=[c for c in ("grad_angle_final_mean", "grad_angle_final_std") if out[c].isna().all()])
+        if (out["initial_epoch"] == 0).all():
+            out = out.drop(columns=["initial_epoch"])  # 'init' is epoch 0 (before training), as the title says
+    if "variant" in out.columns and "rule" in out.columns:  # a rule's variant reads next to it
+        cols = [c for c in out.columns if c != "variant"]
+        cols.insert(cols.index("rule") + 1, "variant")
+        out = out[cols]
+    for prefix, (digits, header) in MERGED.items():
         m, s = f"{prefix}_mean", f"{prefix}_std"
         if m in out.columns:
             pos = list(out.columns).index(m)
-            merged = [_pm(a, b, digits) for a, b in zip(out[m], out[s] if s in out.columns else [None] * len(out))]
+            sd = out[s] if s in out.columns and std else [None] * len(out)
+            merged = [_sig(a, b) if digits is None else _pm(a, b, digits) for a, b in zip(out[m], sd)]
             out = out.drop(columns=[c for c in (m, s) if c in out.columns])
-            out.insert(pos, prefix if prefix != "angle" else "angle_deg", merged)
-    if "value" in out.columns:
+            out.insert(pos, header, merged)
+    if "value" in out.columns and name == "sanity":
         out["value"] = [("" if v is None or pd.isna(v) else f"{v:.4g}") for v in out["value"]]
-    for c in ("target", "seed", "epoch", "bits"):
+    for c in ("target", "seed", "initial_epoch", "final_epoch", "n"):
         if c in out.columns:
             out[c] = [("" if v is None or pd.isna(v) else str(int(v))) for v in out[c]]
+    out = out.rename(columns={"initial_epoch": "init epoch", "final_epoch": "final epoch"})
     return out.astype(object).where(out.notna(), "").astype(str)
 
 
-TABLES = ("clean", "robust", "alignment", "hashing", "sanity")
+TABLES = ("clean", "robust", "alignment", "hashing", "hessian", "corruptions", "sanity")
 
 
 def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all") -> dict[str, pd.DataFrame]:
-    """The named tables ('all' = every one that has data; a named one is returned even when empty)."""
+    """The named tables ('all' = every one that has data; a named one is returned even when empty).
+    'hashing' also yields 'hashing_attacks'."""
     names = TABLES if which == "all" else (which,)
+    labels = labels_of(store)
     out: dict[str, pd.DataFrame] = {}
     robust = None
     for name in names:
         if name == "clean":
-            out["clean"] = clean_table(store, f)
+            out["clean"] = clean_table(store, f, labels)
         elif name == "robust":
-            robust = robust_table(store, f)
-            out["robust"] = robust[~robust["metric"].astype(str).str.startswith("map")].reset_index(drop=True) if not robust.empty else robust
+            robust = robust_table(store, f, labels=labels)
+            out["robust"] = robust[~robust["metric"].map(_retrieval_metric)].reset_index(drop=True) if not robust.empty else robust
         elif name == "alignment":
-            out["alignment"] = alignment_table(store, f)
+            out["alignment"] = alignment_table(store, f, labels)
         elif name == "hashing":
-            out["hashing"] = hashing_table(store, f)
-            out["hashing_attacks"] = hashing_attack_table(store, f, robust)
+            out["hashing"] = hashing_table(store, f, labels)
+            out["hashing_attacks"] = hashing_attack_table(store, f, robust, labels)
+        elif name == "hessian":
+            out["hessian"] = hessian_table(store, f, labels)
+        elif name == "corruptions":
+            out["corruptions"] = corruption_table(store, f, labels)
         elif name == "sanity":
-            out["sanity"] = sanity_table(store, f)
+            out["sanity"] = sanity_table(store, f, labels)
     if which == "all":
         out = {k: v for k, v in out.items() if not v.empty}
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +33,16 @@ from ssbench.retrieval.attacks import (
     clean_codes,
 )
 from ssbench.retrieval.metrics import TEST_METRICS, binarize, ranking_scores, relevance
-from ssbench.retrieval.protocol import ListRetrievalData, bundle_pool, class_balanced_split, encode
+from ssbench.retrieval.protocol import (
+    SPLIT_FILE,
+    ListRetrievalData,
+    RetrievalSplit,
+    bundle_pool,
+    class_balanced_split,
+    encode,
+    load_split_record,
+    split_from_record,
+)
 from ssbench.specs import AttackSpec, resolve_eps
 
 METRIC = "map@1000"
@@ -74,8 +84,9 @@ def _gather(ds, indices: Sequence[int]) -> tuple[Tensor, Tensor]:  # noqa: ANN00
 
 def build_sets(
     model: nn.Module, bundle, n: int, device: torch.device, *, split_seed: int = 0,  # noqa: ANN001
-    queries_per_class: int = 100, train_per_class: int = 500,
+    queries_per_class: int = 100, train_per_class: int = 500, split: RetrievalSplit | None = None,
 ) -> RetrievalSets:
+    """``split``: the one recorded with the fine-tune run (reused as is); None draws it afresh."""
     lists = getattr(bundle, "retrieval", None)
     if isinstance(lists, ListRetrievalData):
         qx, qy = _gather(lists.query, range(min(n, len(lists.query))))
@@ -85,7 +96,10 @@ def build_sets(
     parts, sizes = bundle_pool(bundle)
     enc = [encode(model, p, device) for p in parts]
     codes, labels = torch.cat([c for c, _ in enc]), torch.cat([y for _, y in enc])
-    split = class_balanced_split(labels, sizes, queries_per_class=queries_per_class, train_per_class=train_per_class, seed=split_seed)
+    if split is None:
+        split = class_balanced_split(labels, sizes, queries_per_class=queries_per_class, train_per_class=train_per_class, seed=split_seed)
+    elif dict(split.sizes) != sizes:
+        raise SpecError(f"retrieval split drawn on a pool of {dict(split.sizes)}, the data gives {sizes}")
     by_name = dict(zip(sizes, parts))
     located = [split.locate(i) for i in split.query[:n]]
     pairs = [_gather(by_name[name], [j]) for name, j in located]
@@ -266,7 +280,9 @@ def hashing_sweeps(target, surrogate, spec: AttackSpec, recorder, device, *, bun
     def on_sanity(checks: list[dict]) -> None:
         recorder.add_sanity([SanityCheck(**c) for c in checks])
 
-    sets = build_sets(target.model, bundle, spec.n_examples, dev)
+    split, used = recorded_split(target, bundle)
+    recorder.set_summary(retrieval_split=used)
+    sets = build_sets(target.model, bundle, spec.n_examples, dev, split=split)
     clean = _scores(target.model.eval(), sets.query_x, sets, spec.batch_size, dev)
     for metric, value in clean.items():
         recorder.log_evaluation(metric, value, split="test", params={"queries": len(sets.query_y), "suite": "hashing", "clean": True})
@@ -274,3 +290,20 @@ def hashing_sweeps(target, surrogate, spec: AttackSpec, recorder, device, *, bun
         target.model, surrogate.model if surrogate is not None else None, bundle, spec, dev,
         on_sweep=on_sweep, on_sanity=on_sanity, sets=sets,
     )
+
+
+def recorded_split(target, bundle) -> tuple[RetrievalSplit | None, dict]:  # noqa: ANN001
+    """The split the target's fine-tune run recorded (sha256 and data checked), and what the attack
+    run notes about it. Older runs without one: None, and the split is drawn afresh (same protocol)."""
+    run = getattr(target, "run", None)
+    entry = ((getattr(run, "summary", None) or {}).get("retrieval_split")) if run is not None else None
+    source = f"run {run.id}" if run is not None else str(target.path)
+    if entry is None:
+        # no run (a checkpoint attacked by path): the file beside it, when copied with its folder
+        beside = Path(target.path).parent / SPLIT_FILE if run is None else None
+        if beside is None or not beside.is_file():
+            return None, {"source": "computed"}
+        entry = {"path": str(beside)}
+    record = load_split_record(entry, source)
+    split = split_from_record(record, bundle, source)
+    return split, {"source": "recorded", "path": entry["path"], "sha256": entry.get("sha256")}

@@ -76,3 +76,14 @@ def attach_hash_head(net: nn.Module, bits: int) -> nn.Module:
     parent = net.get_submodule(parent_name) if parent_name else net
     setattr(parent, attr, new)
     return net
+
+
+def remove_hash_head(net: nn.Module) -> nn.Module:
+    """Put each HashHead's own ``fc`` (a plain Linear) back in its place, so ``head_of`` finds it:
+    the way to a fresh hash head (``attach_hash_head``) or a classifier (``replace_head``)."""
+    for name, module in list(net.named_modules()):
+        if isinstance(module, HashHead):
+            parent_name, _, attr = name.rpartition(".")
+            parent = net.get_submodule(parent_name) if parent_name else net
+            setattr(parent, attr, module.fc)
+    return net

@@ -20,16 +20,19 @@ Multi-label sets (MS-COCO, NUS-WIDE) and ImageNet-100 come as list files in the 
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ssbench.errors import DataNotFoundError
+from ssbench.errors import CheckpointError, DataNotFoundError
 
 POOL_ORDER = ("test", "train", "val")
 
@@ -200,6 +203,7 @@ class ListFileDataset(Dataset):
 
     def __init__(self, root: str | Path, list_file: str | Path, *, image_size: int = 224) -> None:
         self.root = Path(root)
+        self.list_file = Path(list_file)
         self.paths, self.label_matrix = read_list_file(list_file)
         self.image_size = image_size
 
@@ -219,13 +223,27 @@ class ListFileDataset(Dataset):
 
 @dataclass
 class ListRetrievalData:
-    train: ListFileDataset
-    query: ListFileDataset
-    database: ListFileDataset
+    """The three lists of a DeepHash folder; each a ListFileDataset or a Subset of one (val carved
+    out of train, ``train_limit`` / ``test_limit``)."""
+
+    train: Dataset
+    query: Dataset
+    database: Dataset
 
     @property
     def num_classes(self) -> int:
-        return int(self.train.label_matrix.shape[1])
+        return int(list_rows(self.database)[0].label_matrix.shape[1])
+
+
+def list_rows(ds: Dataset) -> tuple[ListFileDataset, list[int]]:
+    """(the ListFileDataset under ``ds``, the rows of its list file that ``ds`` serves, in order)."""
+    index: list[int] | None = None
+    while isinstance(ds, Subset):
+        index = list(ds.indices) if index is None else [int(ds.indices[i]) for i in index]
+        ds = ds.dataset
+    if not isinstance(ds, ListFileDataset):
+        raise TypeError(f"{type(ds).__name__} is not a list-file data set")
+    return ds, [int(i) for i in (range(len(ds)) if index is None else index)]
 
 
 def load_list_retrieval(root: str | Path, *, image_size: int = 224, images_root: str | Path | None = None) -> ListRetrievalData:
@@ -243,3 +261,80 @@ def load_list_retrieval(root: str | Path, *, image_size: int = 224, images_root:
     if len(widths) != 1:
         raise DataNotFoundError(f"list files in {root} disagree on the number of labels: {sorted(widths)}")
     return ListRetrievalData(sets["train"], sets["test"], sets["database"])
+
+
+# -- the split a hashing run used, persisted next to its checkpoint --------------------------------
+
+SPLIT_FILE = "retrieval_split.json"
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def labels_digest(labels: Tensor) -> str:
+    """sha256 of a label tensor's values (int64, C order): detects data that changed under a split."""
+    return _sha256_bytes(labels.detach().cpu().to(torch.int64).contiguous().numpy().tobytes())
+
+
+def split_record(bundle, split: RetrievalSplit | None = None) -> dict[str, Any]:  # noqa: ANN001
+    """What a hashing run trained and is scored on, as JSON-ready data.
+
+    Single-label pools: the split's pool indices plus a digest of the pool labels. List-file data:
+    the sha256 of each list file and the rows of it in use (after val / limits).
+    """
+    lists = getattr(bundle, "retrieval", None)
+    if isinstance(lists, ListRetrievalData):
+        files, rows = {}, {}
+        for name, ds in (("train", lists.train), ("query", lists.query), ("database", lists.database)):
+            base, used = list_rows(ds)
+            files[name] = {"file": base.list_file.name, "sha256": _sha256_bytes(base.list_file.read_bytes())}
+            rows[name] = used
+        return {"kind": "lists", "files": files, "rows": rows}
+    if split is None:
+        raise ValueError("a single-label bundle needs its RetrievalSplit")
+    parts, _ = bundle_pool(bundle)
+    return {"kind": "split", "split": split.to_dict(), "labels_sha256": labels_digest(pool_labels(parts))}
+
+
+def save_split_record(record: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """Write ``record`` atomically; returns the run-summary entry (path, sha256, sizes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(record, sort_keys=True))
+    os.replace(tmp, path)
+    body = record["split"] if record["kind"] == "split" else record["rows"]
+    return {"path": str(path.resolve()), "sha256": _sha256_bytes(path.read_bytes()), "kind": record["kind"],
+            "queries": len(body["query"]), "database": len(body["database"]), "train": len(body["train"])}
+
+
+def load_split_record(entry: dict[str, Any], source: str) -> dict[str, Any]:
+    """Read the file a run-summary entry points at, checking its sha256."""
+    path = Path(entry["path"])
+    if not path.is_file():
+        raise CheckpointError(f"retrieval split {path} of {source} is missing; re-run the fine-tune or restore the file")
+    digest = _sha256_bytes(path.read_bytes())
+    if entry.get("sha256") and digest != entry["sha256"]:
+        raise CheckpointError(f"retrieval split {path} of {source} changed since it was recorded (sha256 mismatch)")
+    return json.loads(path.read_text())
+
+
+def split_from_record(record: dict[str, Any], bundle, source: str) -> RetrievalSplit | None:  # noqa: ANN001
+    """Check a recorded split against the data loaded now; the RetrievalSplit to reuse (None for
+    list-file data, whose bundle already serves the recorded rows once they are checked)."""
+    now = split_record(bundle, RetrievalSplit((), (), ()))
+    if record.get("kind") != now["kind"]:
+        raise CheckpointError(f"{source} recorded a {record.get('kind')} retrieval split, the data now gives {now['kind']}")
+    if record["kind"] == "lists":
+        for name, info in record["files"].items():
+            if now["files"][name]["sha256"] != info["sha256"]:
+                raise CheckpointError(f"{source}: list file {info['file']} changed since fine-tuning (sha256 mismatch)")
+        if now["rows"] != record["rows"]:
+            raise CheckpointError(f"{source}: the data spec now selects other list rows than fine-tuning used")
+        return None
+    split = RetrievalSplit.from_dict(record["split"])
+    _, sizes = bundle_pool(bundle)
+    if dict(split.sizes) != sizes or now["labels_sha256"] != record["labels_sha256"]:
+        raise CheckpointError(f"{source}: the data differs from what its retrieval split was drawn on (sizes {dict(split.sizes)} vs {sizes} or labels)")
+    return split

@@ -1,6 +1,8 @@
 """The hashing training task: hash head, hashing loss, retrieval scores (implements training's Task)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
@@ -9,6 +11,7 @@ from ssbench.retrieval.heads import attach_hash_head
 from ssbench.retrieval.losses import make_hash_loss
 from ssbench.retrieval.metrics import TEST_METRICS, ranking_scores
 from ssbench.retrieval.protocol import (
+    SPLIT_FILE,
     ListRetrievalData,
     RetrievalSplit,
     bundle_pool,
@@ -16,6 +19,8 @@ from ssbench.retrieval.protocol import (
     dataset_labels,
     encode,
     pool_labels,
+    save_split_record,
+    split_record,
 )
 from ssbench.specs import HashSpec
 
@@ -71,6 +76,13 @@ class HashingTask:
                 labels, sizes, queries_per_class=self.queries_per_class, train_per_class=self.train_per_class, seed=self.split_seed
             )
         return self._split_cache[key]
+
+    def save_artifacts(self, bundle, folder: Path) -> dict:  # noqa: ANN001
+        """Persist the split this run trains and is scored on (``retrieval_split.json`` in ``folder``);
+        returns the run-summary entry with its sha256, which the hashing attack checks and reuses."""
+        lists = getattr(bundle, "retrieval", None)
+        record = split_record(bundle, None if isinstance(lists, ListRetrievalData) else self.split(bundle))
+        return {"retrieval_split": save_split_record(record, Path(folder) / SPLIT_FILE)}
 
     def train_dataset(self, bundle) -> Dataset:  # noqa: ANN001
         """The hash-training set: ``train_per_class`` images per class of the bundle's train split

@@ -8,9 +8,13 @@ from ssbench.rules import bp, brsf, dfa, fa, frsf, ifa, usf  # noqa: F401  (regi
 from ssbench.rules.alignment import LayerAlignment, alignment_metrics, angle_deg, mean_angle
 from ssbench.rules.base import RULES, Rule
 from ssbench.rules.convert import (
+    ConversionWarning,
+    check_conversion,
     convert,
+    convert_from_config,
     exact_gradients,
     feedback_layers,
+    layers_not_run,
     make_rule,
     model_rule,
     rule_config,
@@ -18,7 +22,8 @@ from ssbench.rules.convert import (
 from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 
 __all__ = [
-    "RULES", "Rule", "convert", "exact_gradients", "feedback_layers", "make_rule", "model_rule",
-    "rule_config", "alignment_metrics", "angle_deg", "mean_angle", "LayerAlignment",
+    "RULES", "Rule", "convert", "convert_from_config", "check_conversion", "layers_not_run",
+    "ConversionWarning", "exact_gradients", "feedback_layers", "make_rule", "model_rule", "rule_config",
+    "alignment_metrics", "angle_deg", "mean_angle", "LayerAlignment",
     "FeedbackLayer", "FeedbackLinear", "FeedbackConv2d",
 ]

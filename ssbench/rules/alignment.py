@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ssbench.rules.convert import feedback_layers
+from ssbench.rules.convert import feedback_layers, warn_idle_layers
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,17 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 
 
 def alignment_metrics(model: nn.Module) -> list[LayerAlignment]:
+    """One row per converted layer. Once the model has run, layers whose own forward never ran
+    (their weight used functionally, e.g. F.linear(x, layer.weight)) are left out with a
+    ConversionWarning: the rule never reached them, so their B says nothing about training."""
+    layers = feedback_layers(model)
+    if any(getattr(m, "ran_forward", False) for _, m in layers):
+        idle = [n for n, m in layers if not getattr(m, "ran_forward", False)]
+        if idle:
+            warn_idle_layers(idle, len(layers), "left out of the alignment metrics")
+            layers = [(n, m) for n, m in layers if n not in set(idle)]
     rows = []
-    for name, layer in feedback_layers(model):
+    for name, layer in layers:
         w, b = layer.weight.detach(), layer.feedback_tensor()
         if b is None:
             rows.append(LayerAlignment(name, None, None))

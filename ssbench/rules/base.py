@@ -1,6 +1,7 @@
 """What a learning rule is: a recipe for the feedback tensor B of each converted layer."""
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -16,20 +17,47 @@ RULES: Registry[type[Rule]] = Registry("rule")
 
 def rms(t: Tensor) -> Tensor:
     """Root mean square: the per-entry scale for which ||s * sign(W)|| == ||W||."""
-    return t.detach().pow(2).mean().sqrt()
+    t = t.detach()
+    return torch.linalg.vector_norm(t) / math.sqrt(t.numel())  # one reduction, no squared copy
 
 
-def layer_generator(seed: int, layer_index: int, step: int = 0) -> torch.Generator:
+def init_rms(weight: Tensor) -> float:
+    """Per-entry std a fresh nn.Linear / nn.Conv2d of W's shape gets from torch's default init.
+
+    reset_parameters() uses kaiming_uniform_(a=sqrt(5)): U(-b, b) with b = gain * sqrt(3 / fan_in)
+    and gain = sqrt(2 / (1 + a^2)) = sqrt(1/3), so b = 1/sqrt(fan_in) and std = b / sqrt(3) =
+    1 / sqrt(3 fan_in). fan_in = in_features (linear) or in_channels/groups * kh * kw (conv), i.e.
+    the size of one output unit's slice W[0] in both cases.
+    """
+    return 1.0 / math.sqrt(3.0 * weight[0].numel())
+
+
+def reference_rms(weight: Tensor) -> Tensor:
+    """rms(W), or the init scale of W's shape where W is all zeros (torchvision's ViT head): a
+    feedback tensor scaled to a zero W would be zero and block the error for every layer below."""
+    s = rms(weight)
+    return s if bool(s > 0) else torch.full_like(s, init_rms(weight))
+
+
+def _mixed_seed(seed: int, layer_index: int, step: int) -> int:
+    return (seed * 1_000_003 + layer_index * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+def layer_generator(
+    seed: int, layer_index: int, step: int = 0, reuse: torch.Generator | None = None
+) -> torch.Generator:
     """A private CPU generator per (seed, layer, step): reproducible on any device, and it never
-    touches torch's global RNG (so a rule cannot change the data order or dropout masks)."""
-    mixed = (seed * 1_000_003 + layer_index * 7_919 + step * 104_729) % (2**63 - 1)
-    return torch.Generator(device="cpu").manual_seed(mixed)
+    touches torch's global RNG (so a rule cannot change the data order or dropout masks).
+    `reuse` re-seeds an existing generator instead of building one (brsf re-seeds every step)."""
+    gen = reuse if reuse is not None else torch.Generator(device="cpu")
+    return gen.manual_seed(_mixed_seed(seed, layer_index, step))
 
 
 def draw_normal(shape: torch.Size, like: Tensor, gen: torch.Generator) -> Tensor:
-    """N(0, 1) draw on the CPU generator (same numbers on any device), in like's float precision."""
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    return torch.randn(shape, generator=gen, dtype=dtype).to(device=like.device, dtype=like.dtype)
+    """N(0, 1) draw in float32 on the CPU generator, then cast to like's dtype and device: the
+    same numbers (up to rounding) on every device and in every precision, so a float64 copy of a
+    model (gradient checks) has the very B of the float32 original."""
+    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
 
 
 class Rule:

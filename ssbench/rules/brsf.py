@@ -5,12 +5,16 @@ R_t ~ N(0, 1) is redrawn once per training step from a private generator seeded 
 The step counter is a buffer advanced by each training-mode forward that records a graph. In eval
 mode the counter does not move: backward uses the draw of the last training step, fixed, so an
 attacker in feedback mode sees one consistent pseudo-gradient (E|R|^2 = 1 keeps ||B|| ~ ||W||).
+Like usf, entries where W is exactly 0 get B = 0.
+
+The N(0, 1) draw (CPU generator, so the same numbers on every device) is most of the rule's cost;
+in eval mode the layer keeps |R_t| (it depends on the step only, never on W) and reuses it.
 """
 from __future__ import annotations
 
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_normal, layer_generator, rms
+from ssbench.rules.base import RULES, Rule, rms
 
 
 @RULES.register("brsf", help="batchwise random-magnitude sign feedback, |R_t| sign(W), redrawn per step")
@@ -20,5 +24,5 @@ class BatchRandomSignFeedback(Rule):
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         w = layer.weight.detach()
-        gen = layer_generator(layer.feedback_seed, layer.feedback_index, int(layer.feedback_step))
-        return draw_normal(w.shape, w, gen).abs() * w.sign() * rms(w)
+        magnitude = layer.step_draw_abs()  # |R_t|, a fresh tensor or the eval-mode cached one
+        return w.sign().mul_(rms(w)).mul_(magnitude)

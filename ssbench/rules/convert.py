@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ssbench.errors import SpecError
@@ -16,6 +19,10 @@ from ssbench.specs import RuleSpec
 # Exact types only: subclasses such as MultiheadAttention's out_proj are consumed by functional
 # code that never calls their forward, so converting them would silently do nothing.
 _SWAPS: dict[type[nn.Module], type[FeedbackLayer]] = {nn.Linear: FeedbackLinear, nn.Conv2d: FeedbackConv2d}
+
+
+class ConversionWarning(UserWarning):
+    """Some layers a rule would cover never run their own forward, so the rule cannot reach them."""
 
 
 def make_rule(name: str, theta: float | None = None) -> Rule:
@@ -34,12 +41,19 @@ def convert(
     seed: int = 0,
     theta: float | None = None,
     skip: Sequence[str] = (),
+    example_input: Tensor | tuple[Any, ...] | None = None,
 ) -> nn.Module:
     """Make every nn.Linear / nn.Conv2d of `model` learn with `rule`; returns `model` (in place).
 
     Weights are kept (a pretrained W stays W). `skip` holds fnmatch patterns of module names left
     exact (plain backprop). The rule's random state is drawn from generators seeded by
     (seed, layer index), never from torch's global RNG.
+
+    With `example_input` (one batch, or a tuple of forward arguments), one forward is run first
+    and layers whose own forward never runs (code that calls F.linear(x, layer.weight) directly,
+    e.g. torchvision's Swin attention) are left exact with a ConversionWarning and added to the
+    skip list, so alignment metrics never list a layer the rule does not reach and a checkpoint
+    rebuilds the same conversion without the example.
     """
     if isinstance(rule, RuleSpec):
         seed = rule.seed if rule.seed is not None else seed
@@ -49,26 +63,114 @@ def convert(
         rule = make_rule(rule, theta)
     if feedback_layers(model):
         raise SpecError(f"model is already converted (rule {model_rule(model)!r}); convert a fresh model")
-    box = ErrorBox() if rule.direct else None
-    index = 0
-    for name, module in model.named_modules():
-        swap = _SWAPS.get(type(module))
-        if swap is None or any(fnmatch.fnmatchcase(name, p) for p in skip):
-            continue
-        module.__class__ = swap
-        module.attach_rule(rule, seed, index, box)  # type: ignore[attr-defined]
-        index += 1
-    if index == 0:
+    skip = tuple(skip)
+    targets = [
+        (name, m) for name, m in model.named_modules()
+        if type(m) in _SWAPS and not any(fnmatch.fnmatchcase(name, p) for p in skip)
+    ]
+    if example_input is not None and targets:
+        idle = layers_not_run(model, example_input, targets)
+        if idle:
+            warn_idle_layers(idle, len(targets), "left exact (plain backprop)")
+            skip += tuple(_literal(n) for n in idle)
+            targets = [(n, m) for n, m in targets if n not in set(idle)]
+    if not targets:
         raise SpecError("convert: the model has no nn.Linear or nn.Conv2d layer to convert")
+    box = ErrorBox() if rule.direct else None
+    for index, (_, module) in enumerate(targets):
+        module.__class__ = _SWAPS[type(module)]
+        module.attach_rule(rule, seed, index, box, skip)  # type: ignore[attr-defined]
     if box is not None:
-        model.register_forward_hook(lambda _m, _i, out: _capture(out, box))
+        model.register_forward_hook(CaptureOutputError(box))
     return model
 
 
-def _capture(out: object, box: ErrorBox) -> Tensor:
-    if not isinstance(out, Tensor):
-        raise TypeError("dfa needs a model whose forward returns one tensor (the output error e)")
-    return CaptureErrorFn.apply(out, box)
+def convert_from_config(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
+    """Redo the conversion `rule_config(model)` describes (checkpoints store that dict)."""
+    return convert(
+        model, str(config["name"]), seed=int(config.get("seed") or 0), theta=config.get("theta"),
+        skip=tuple(config.get("skip") or ()),
+    )
+
+
+class CaptureOutputError:
+    """Forward hook of a DFA model: routes the output through CaptureErrorFn into the ErrorBox.
+
+    An object holding the box, not a closure over it: copy.deepcopy(model) then copies this box
+    together with the layers that read it (one memo), so a copied model fills its own box.
+    """
+
+    def __init__(self, box: ErrorBox) -> None:
+        self.box = box
+
+    def __call__(self, module: nn.Module, inputs: Any, out: object) -> Tensor:
+        if not isinstance(out, Tensor):
+            raise SpecError("dfa needs a model whose forward returns one tensor (the output error e)")
+        return CaptureErrorFn.apply(out, self.box)
+
+
+def layers_not_run(
+    model: nn.Module, example_input: Tensor | tuple[Any, ...], layers: Sequence[tuple[str, nn.Module]] | None = None
+) -> list[str]:
+    """Names of `layers` (default: the converted ones) whose own forward does not run when `model`
+    runs on `example_input`. Their weight may still be used, functionally, bypassing any rule.
+
+    The probe changes nothing: it runs without autograd, in the model's current mode (so modules
+    used only in training, like auxiliary heads, count as used), and restores every buffer
+    (BatchNorm statistics, brsf step counters) and the RNG states (dropout) afterwards.
+    """
+    if layers is None:
+        layers = feedback_layers(model)
+    ran: set[str] = set()
+    handles = [m.register_forward_hook(_Mark(ran, name)) for name, m in layers]
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    cuda = sorted({a.get_device() for a in args if isinstance(a, Tensor) and a.is_cuda})
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+    return [name for name, _ in layers if name not in ran]
+
+
+def check_conversion(model: nn.Module, example_input: Tensor | tuple[Any, ...]) -> list[str]:
+    """Warn (ConversionWarning) about converted layers whose forward never runs on `example_input`,
+    and return their names: their backward is plain backprop whatever the rule. Reconvert a fresh
+    model with `example_input=` (or `skip=`) to leave them exact and out of the metrics."""
+    layers = feedback_layers(model)
+    idle = layers_not_run(model, example_input, layers)
+    if idle:
+        warn_idle_layers(idle, len(layers), "their backward is exact, not the rule's")
+    return idle
+
+
+class _Mark:
+    def __init__(self, ran: set[str], name: str) -> None:
+        self.ran, self.name = ran, name
+
+    def __call__(self, module: nn.Module, inputs: Any, out: Any) -> None:
+        self.ran.add(self.name)
+
+
+def warn_idle_layers(idle: list[str], total: int, consequence: str) -> None:
+    """One ConversionWarning naming the layers whose own forward never runs."""
+    shown = ", ".join(idle[:8]) + (f", ... ({len(idle) - 8} more)" if len(idle) > 8 else "")
+    warnings.warn(
+        f"{len(idle)} of {total} layers never run their own forward (their weight is used "
+        f"functionally, e.g. F.linear(x, layer.weight)); {consequence}: {shown}",
+        ConversionWarning,
+        stacklevel=3,
+    )
+
+
+def _literal(name: str) -> str:
+    """An fnmatch pattern matching exactly `name` (module names can hold '[', '*', '?')."""
+    return "".join(f"[{c}]" if c in "[]*?" else c for c in name)
 
 
 def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
@@ -81,11 +183,14 @@ def model_rule(model: nn.Module) -> str | None:
     return layers[0][1].rule.name if layers else None
 
 
-def rule_config(model: nn.Module) -> dict[str, float | int | str | None] | None:
+def rule_config(model: nn.Module) -> dict[str, Any] | None:
+    """The rule's options plus seed and skip patterns: all `convert_from_config` needs to rebuild
+    the same conversion (the skip list decides which layers own a `feedback_state`)."""
     layers = feedback_layers(model)
     if not layers:
         return None
-    return {**layers[0][1].rule.config(), "seed": layers[0][1].feedback_seed}
+    first = layers[0][1]
+    return {**first.rule.config(), "seed": first.feedback_seed, "skip": list(getattr(first, "feedback_skip", ()))}
 
 
 @contextmanager

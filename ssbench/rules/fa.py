@@ -2,14 +2,17 @@
 
 R is drawn at conversion and scaled to ||R|| = ||W_0||, the norm of the *converted* (pretrained)
 weight: drawing it with a fresh init scale instead (BioTorch: xavier) gives pseudo-gradients whose
-size has nothing to do with the pretrained network's and can blow up by orders of magnitude.
+size has nothing to do with the pretrained network's and can blow up by orders of magnitude. A
+zero W_0 (torchvision's ViT head) takes the init scale of its shape instead (see `reference_rms`).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_normal
+from ssbench.rules.base import RULES, Rule, draw_normal, reference_rms
 
 
 @RULES.register("fa", help="feedback alignment, fixed random B scaled to ||W||")
@@ -18,7 +21,7 @@ class FeedbackAlignment(Rule):
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
         r = draw_normal(weight.shape, weight, gen)
-        return r * (weight.detach().norm() / r.norm())
+        return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         return layer.feedback_state

@@ -1,14 +1,18 @@
 """Fixed random-magnitude sign-concordant feedback: B = |R| * sign(W), R fixed.
 
-|R| is drawn at conversion and scaled so that || |R| * sign(W_0) || = ||W_0||; the magnitudes stay
-fixed while the signs follow W during training.
+R is drawn at conversion and scaled so that ||B_0|| = ||W_0|| (every entry of B has magnitude |R|,
+so ||B|| = ||R|| at every step); the magnitudes stay fixed while the signs follow W. The stored R
+keeps its own sign, used only where W is exactly 0: sign(0) = 0 would zero those entries, and a
+zero-initialised layer (torchvision's ViT head) would pass no error down at all.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_normal
+from ssbench.rules.base import RULES, Rule, draw_normal, reference_rms
 
 
 @RULES.register("frsf", help="fixed random-magnitude sign feedback, B = |R| sign(W)")
@@ -16,9 +20,11 @@ class FixedRandomSignFeedback(Rule):
     name = "frsf"
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
-        r = draw_normal(weight.shape, weight, gen).abs()
-        w = weight.detach()
-        return r * (w.norm() / (r * w.sign()).norm().clamp_min(1e-30))
+        r = draw_normal(weight.shape, weight, gen)
+        return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
-        return layer.feedback_state * layer.weight.detach().sign()
+        r, w = layer.feedback_state, layer.weight.detach()
+        # 2 sign(W) + sign(R) has W's sign where W != 0 and R's where W == 0 (small integers: exact
+        # in every dtype); one copysign then gives |R| sign(W). Twice as fast as a where on W == 0.
+        return torch.copysign(r, torch.add(r.sign(), w.sign(), alpha=2))

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssbench.rules.base import Rule, layer_generator
+from ssbench.errors import SpecError
+from ssbench.rules.base import Rule, draw_normal, layer_generator
 from ssbench.rules.functions import DirectFeedback, ErrorBox, FeedbackConv2dFn, FeedbackLinearFn
 
 
@@ -22,14 +23,21 @@ class FeedbackLayer(nn.Module):
     rule: Rule
     feedback_seed: int
     feedback_index: int
+    feedback_skip: tuple[str, ...]  # the skip patterns of the conversion (persisted in rule_config)
     exact: bool
+    ran_forward: bool  # set by the first forward: layers that never run are invisible to the rule
     error_box: ErrorBox | None
     feedback_state: Tensor | None
     feedback_step: Tensor
 
-    def attach_rule(self, rule: Rule, seed: int, index: int, error_box: ErrorBox | None) -> None:
+    def attach_rule(
+        self, rule: Rule, seed: int, index: int, error_box: ErrorBox | None, skip: tuple[str, ...] = ()
+    ) -> None:
         self.rule, self.feedback_seed, self.feedback_index = rule, seed, index
-        self.exact, self.error_box = False, error_box
+        self.feedback_skip = tuple(skip)
+        self.exact, self.error_box, self.ran_forward = False, error_box, False
+        self._step_gen: torch.Generator | None = None
+        self._draw_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
         state = None if rule.direct else rule.init_state(self.weight, layer_generator(seed, index))
         self.register_buffer("feedback_state", state)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long, device=self.weight.device))
@@ -49,6 +57,30 @@ class FeedbackLayer(nn.Module):
         """The B this layer's backward uses now (for DFA: B_l, None before the first backward)."""
         with torch.no_grad():
             return self.rule.feedback(self)
+
+    def step_draw_abs(self) -> Tensor:
+        """|R_t| ~ |N(0, 1)| of W's shape for the current step counter (brsf).
+
+        One generator per layer, re-seeded per step (building one costs more than seeding). In eval
+        mode the counter is frozen, so the draw is kept and reused: it depends on the step, dtype
+        and device only, never on W, so reusing it cannot go stale when W changes. The cache key
+        holds a reference to the counter, so its (pointer, version) cannot be reused by another.
+        """
+        w, step = self.weight, self.feedback_step
+        key = (step.data_ptr(), step._version, w.shape, w.dtype, w.device)
+        cache = self.__dict__.get("_draw_cache")
+        if not self.training and cache is not None and cache[0] == key:
+            return cache[1]
+        gen = self.__dict__.get("_step_gen")
+        if gen is None:
+            gen = self._step_gen = torch.Generator(device="cpu")
+        gen = layer_generator(self.feedback_seed, self.feedback_index, int(step), reuse=gen)
+        draw = draw_normal(w.shape, w, gen).abs_()
+        if not self.training:
+            self._draw_cache = (key, draw, step.detach())
+        elif cache is not None:
+            self._draw_cache = None  # training redraws every step: hold no stale copy
+        return draw
 
     def ensure_direct_matrix(self, out_size: int, in_size: int) -> Tensor:
         if self.feedback_state is None or self.feedback_state.shape != (out_size, in_size):
@@ -74,6 +106,8 @@ class FeedbackLayer(nn.Module):
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
+        if not self.ran_forward:
+            self.ran_forward = True
         if not self.uses_rule_backward():
             return F.linear(x, self.weight, self.bias)
         return FeedbackLinearFn.apply(x, self.weight, self.feedback_for_forward(), self.bias)
@@ -81,6 +115,8 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
 
 class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
+        if not self.ran_forward:
+            self.ran_forward = True
         if self.padding_mode != "zeros":
             x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
         else:
@@ -88,16 +124,28 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if not self.uses_rule_backward():
             return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
         if isinstance(padding, str):
-            padding = _explicit_padding(padding, self.kernel_size, self.dilation, self.stride)
+            x, padding = _explicit_padding(x, padding, self.kernel_size, self.dilation, self.stride)
         return FeedbackConv2dFn.apply(
             x, self.weight, self.feedback_for_forward(), self.bias, self.stride, padding, self.dilation, self.groups
         )
 
 
-def _explicit_padding(mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int]:
+def _explicit_padding(
+    x: Tensor, mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...]
+) -> tuple[Tensor, tuple[int, int]]:
+    """Turn padding='valid' / 'same' into numbers the autograd function takes.
+
+    'same' pads d (k - 1) in total per dimension; when that is odd, torch puts the extra row /
+    column after the input (right, bottom), which F.pad does here, outside the rule's function,
+    so autograd routes the input gradient back through the pad exactly.
+    """
     if mode == "valid":
-        return (0, 0)
+        return x, (0, 0)
+    if any(s != 1 for s in stride):
+        raise SpecError(f"padding='same' needs stride 1, this conv has stride {tuple(stride)}")
     total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    if any(t % 2 for t in total) or any(s != 1 for s in stride):
-        raise ValueError("padding='same' with an even effective kernel is not supported by the rule engine")
-    return (total[0] // 2, total[1] // 2)
+    before = [t // 2 for t in total]
+    extra_h, extra_w = (t - 2 * b for t, b in zip(total, before))
+    if extra_h or extra_w:
+        x = F.pad(x, (0, extra_w, 0, extra_h))
+    return x, (before[0], before[1])

@@ -1,7 +1,9 @@
 """Uniform sign-concordant feedback (Liao et al. 2016; Xiao et al. 2018): B = s * sign(W).
 
 s = rms(W) of the current weight, so ||B|| = ||W|| (for W without zeros) at every step: the rule
-stays stateless and its scale follows the converted W, whatever W's init was.
+stays stateless and its scale follows the converted W, whatever W's init was. Entries where W is
+exactly 0 get B = 0 (sign(0) = 0), and an all-zero W gives B = 0: the rule's only source of
+feedback is W's sign, and inventing one would no longer be sign-symmetric feedback.
 """
 from __future__ import annotations
 
@@ -16,4 +18,4 @@ class UniformSignFeedback(Rule):
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         w = layer.weight.detach()
-        return w.sign() * rms(w)
+        return w.sign().mul_(rms(w))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ssbench.errors import CheckpointError
 from ssbench.models import Normalized, build_model
-from ssbench.rules import convert, rule_config
+from ssbench.rules import convert_from_config, rule_config
 from ssbench.specs import ModelSpec, TrainSpec
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ class ModelMeta:
     std: list[float]
     task: str
     rule: dict[str, Any] | None
+    # what the head's outputs mean; None in checkpoints written before it was recorded
+    class_names: list[str] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,7 +75,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_network(meta: ModelMeta, spec: TrainSpec) -> nn.Module:
     """The bare architecture of a checkpoint (hash head included), wrapped for [0, 1] inputs."""
-    net = build_model(ModelSpec(**meta.model), num_classes=meta.num_classes, in_channels=meta.in_channels, image_size=meta.image_size)
+    # pretrained=False: the weights come from the checkpoint; fetching torchvision's would need a network
+    arch = ModelSpec(**{**meta.model, "pretrained": False})
+    net = build_model(arch, num_classes=meta.num_classes, in_channels=meta.in_channels, image_size=meta.image_size)
     if meta.task == "hashing":
         from ssbench.training.tasks import make_task
 
@@ -108,7 +112,7 @@ def model_from_checkpoint(
     model = build_network(meta, spec)
     state = payload["state_dict"]
     if with_rule and meta.rule:
-        convert(model, meta.rule["name"], seed=int(meta.rule.get("seed", 0)), theta=meta.rule.get("theta"))
+        convert_from_config(model, meta.rule)  # name, seed, theta and skip patterns
     else:
         state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in _RULE_KEYS}
     try:
