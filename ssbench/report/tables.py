@@ -394,13 +394,7 @@ def hashing_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
     index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant")
              if c not in _drop_uninformative(df, ("kind",))]
     metrics = sorted(set(df["metric"]), key=_metric_order)
-    wide = df.pivot_table(index=index, columns="metric", values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=metrics).reset_index()
-    wide.columns.name = None
-    n = df.groupby(index, sort=False)["n"].max().reset_index()
-    wide = wide.merge(n, on=index)
-    wide["n"] = wide["n"].astype(int).astype(str)
-    return wide.fillna("")
+    return _wide_cells(df, index, "metric", metrics)
 
 
 def hashing_attack_table(store: Any, f: ReportFilter = ReportFilter(), robust: pd.DataFrame | None = None,
@@ -533,14 +527,19 @@ def corruption_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
              if c not in _drop_uninformative(df, ("kind", "model", "dataset"))]
     sev = sorted({int(s) for s in df["severity"].dropna() if int(s) > 0})
     columns = [c for c in ("clean", *map(str, sev), "mean") if c in set(df["col"])]
-    wide = df.pivot_table(index=index, columns="col", values="cell", aggfunc="first", sort=False)
+    return _wide_cells(df, index, "col", columns)
+
+
+
+def _wide_cells(df: pd.DataFrame, index: list[str], key: str, columns: list[str]) -> pd.DataFrame:
+    """Pivot the formatted 'cell' column to one column per `key` value (in `columns` order), plus n."""
+    wide = df.pivot_table(index=index, columns=key, values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=columns).reset_index()
     wide.columns.name = None
     n = df.groupby(index, sort=False)["n"].max().reset_index()
     wide = wide.merge(n, on=index)
     wide["n"] = wide["n"].astype(int).astype(str)
     return wide.fillna("")
-
 
 # -- (7) sanity -----------------------------------------------------------------------------------
 
