@@ -1,7 +1,10 @@
-"""Issue-level acceptance on the real data set: full Fashion-MNIST, LeNet, CPU (about 2 minutes).
+"""Issue-level acceptance on the real data set: full Fashion-MNIST, LeNet, CPU (about 3 minutes).
 
-Pretrain 3 epochs BP -> test accuracy >= 0.85; fine-tune that checkpoint 2 epochs with bp, usf and
-frsf: the sign-symmetric rules stay within 2 points of BP fine-tuning.
+* Pretrain 3 epochs BP -> test accuracy >= 0.85; fine-tune that checkpoint 2 epochs with bp, usf
+  and frsf: the sign-symmetric rules stay within 2 points of BP fine-tuning.
+* The trap: fine-tune with fa, attack with PGD-40 through the attack job (stored in the DB):
+  feedback-mode robust accuracy at eps 0.1 is far above exact-mode's, the gradient-consistency
+  check flags feedback and passes exact; for bp both modes agree example by example.
 """
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ssbench.specs import DataSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
+from ssbench.attacks.job import run_attack
+from ssbench.specs import AttackSpec, DataSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 from ssbench.store import open_store
 from ssbench.training import run_training
 
@@ -19,7 +23,7 @@ pytestmark = [
 ]
 
 
-def test_lenet_bp_pretrain_and_sign_symmetric_finetune(tmp_path: Path) -> None:
+def test_lenet_bp_pretrain_sign_symmetric_finetune_and_fa_obfuscation(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'fm.db'}")
     data = DataSpec(name="fashion-mnist")
     pre = run_training(
@@ -28,11 +32,30 @@ def test_lenet_bp_pretrain_and_sign_symmetric_finetune(tmp_path: Path) -> None:
     )
     bp_acc = store.get_run(pre).summary["test_accuracy"]
     assert bp_acc >= 0.85
-    accs = {}
-    for rule in ("bp", "usf", "frsf"):
+    accs, runs = {}, {}
+    for rule in ("bp", "usf", "frsf", "fa"):
         spec = TrainSpec(kind="finetune", source=str(pre), data=data, model=ModelSpec(name="lenet"),
                          rule=RuleSpec(name=rule), optim=OptimSpec(lr=0.01), epochs=2, batch_size=128)
-        accs[rule] = store.get_run(run_training(spec, store, quiet=True)).summary["test_accuracy"]
+        runs[rule] = run_training(spec, store, quiet=True)
+        accs[rule] = store.get_run(runs[rule]).summary["test_accuracy"]
     print(f"\nFashion-MNIST LeNet: pretrain BP {bp_acc:.4f}; fine-tune 2 epochs: " + ", ".join(f"{k} {v:.4f}" for k, v in accs.items()))
     assert accs["usf"] >= accs["bp"] - 0.02
     assert accs["frsf"] >= accs["bp"] - 0.02
+
+    robust = {}
+    for rule in ("fa", "bp"):
+        atk = run_attack(AttackSpec(target=str(runs[rule]), attacks=("pgd",), modes=("feedback", "exact"),
+                                    eps=(0.0, 0.1), n_examples=300, steps=40), store, quiet=True)
+        pts = store.frame_sweeps().query("run_id == @atk")
+        robust[rule] = {m: pts.query("mode == @m and epsilon == 0.1").iloc[0] for m in ("feedback", "exact")}
+        checks = store.frame_sanity().query("run_id == @atk and name == 'gradient_consistency'").set_index("mode")
+        if rule == "fa":
+            assert not checks.loc["feedback", "passed"] and checks.loc["feedback", "value"] < 0.5
+            assert checks.loc["exact", "passed"] and checks.loc["exact", "value"] > 0.95  # ReLU kinks cost a little
+        else:
+            assert checks.loc["feedback", "passed"] and checks.loc["exact", "passed"]
+    fa, bp = robust["fa"], robust["bp"]
+    print(f"PGD-40 eps 0.1 robust accuracy: fa feedback {fa['feedback'].robust:.3f}, exact {fa['exact'].robust:.3f}; "
+          f"bp feedback {bp['feedback'].robust:.3f}, exact {bp['exact'].robust:.3f}")
+    assert fa["feedback"].robust > fa["exact"].robust + 0.3  # the pseudo-gradient "robustness" is an artefact
+    assert bp["feedback"].correct == bp["exact"].correct  # BP: the same gradient, the same broken examples
