@@ -21,7 +21,19 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from ssbench.errors import SpecError
-from ssbench.specs import AttackSpec, DataSpec, EpsPreset, GradientMode, HashSpec, ModelSpec, OptimSpec, RuleSpec, Spec, TrainSpec
+from ssbench.specs import (
+    AttackSpec,
+    DataSpec,
+    EpsPreset,
+    GradientMode,
+    HashSpec,
+    ModelSpec,
+    OptimSpec,
+    RuleSpec,
+    Spec,
+    TrainSpec,
+    coerce_eps,
+)
 
 
 class TrainStage(Spec):
@@ -57,6 +69,13 @@ class AttackStage(Spec):
     n_examples: int = Field(default=500, ge=1)
     batch_size: int = Field(default=256, ge=1)
     steps: int | None = None
+    loss: Literal["ce", "margin"] = Field(default="ce", description="fgsm/pgd loss: ce (the papers') or margin (non-saturating)")
+    transfer_optional: bool = Field(default=False, description="skip transfer mode with a note when no BP sibling exists")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_fractions(cls, v: object) -> object:
+        return coerce_eps(v)
 
 
 class ReportStage(Spec):
@@ -281,7 +300,7 @@ def run_recipe(
                         aspec = AttackSpec(
                             target=str(run_id), suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
                             n_examples=ov.n_examples or a.n_examples, batch_size=a.batch_size, steps=a.steps,
-                            seed=seed, device=ov.device or recipe.device, recipe=recipe.name, tags=recipe.tags,
+                            loss=a.loss, transfer_optional=a.transfer_optional, seed=seed, device=ov.device or recipe.device, recipe=recipe.name, tags=recipe.tags,
                         )
                         done = once("attack", aspec, attack)
                         if done is not None:

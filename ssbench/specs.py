@@ -166,12 +166,7 @@ class AttackSpec(Spec):
     @field_validator("eps", mode="before")
     @classmethod
     def _eps_fractions(cls, v: object) -> object:
-        # '8/255' and '0,2/255,4/255' (CLI, YAML) become floats; presets pass through
-        if isinstance(v, str):
-            return parse_eps(v)
-        if isinstance(v, (list, tuple)):
-            return tuple(parse_eps_value(e) for e in v)
-        return v
+        return coerce_eps(v)
 
 
 def parse_eps_value(v: object) -> float:
@@ -187,6 +182,16 @@ def parse_eps_value(v: object) -> float:
     if not value >= 0:  # also rejects nan
         raise ValueError(f"epsilon {v!r} is negative")
     return value
+
+
+def coerce_eps(v: object) -> object:
+    """Validator body for eps fields: '8/255' and '0,2/255,4/255' (CLI, YAML) become floats;
+    presets pass through; anything else is left for the field's type to judge."""
+    if isinstance(v, str):
+        return parse_eps(v)
+    if isinstance(v, (list, tuple)):
+        return tuple(parse_eps_value(e) for e in v)
+    return v
 
 
 def parse_eps(text: str) -> tuple[float, ...] | str:

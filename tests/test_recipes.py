@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ssbench.errors import SpecError
 from ssbench.recipes import Overrides, load_recipe, run_recipe
@@ -195,3 +196,16 @@ def test_recipe_tags_land_on_every_run(tmp_path: Path) -> None:
     assert len(runs) == 4 and all(r.tags == ["ablation", "cpu"] for r in runs)
     assert [r.id for r in store.list_runs(tag="ablation")] == [r.id for r in runs]
     assert attacked == [("ablation", "cpu")] * 3
+
+
+def test_attack_stage_takes_fractions_and_loss() -> None:
+    """A recipe's attack stage reads '8/255' like the CLI does and carries --loss through."""
+    from ssbench.recipes import AttackStage
+
+    stage = AttackStage(eps=["0", "2/255", "8/255"], loss="margin")
+    assert stage.eps == (0.0, 2 / 255, 8 / 255) and stage.loss == "margin"
+    assert AttackStage(eps="0,4/255").eps == (0.0, 4 / 255)
+    with pytest.raises(ValidationError):
+        AttackStage(eps=["-1/255"])
+    with pytest.raises(ValidationError):
+        AttackStage(loss="hinge")

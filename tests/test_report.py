@@ -807,3 +807,12 @@ def test_cli_runs_and_show(db):
     assert "pgd" in r.output and "gradient_consistency" in r.output and "worst" in r.output
     r = runner.invoke(app, ["show", "99999", "--db", db[0]])
     assert r.exit_code == 2 and "no run 99999" in r.output and r.output.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 16])
+def test_eps_columns_of_k_over_255_survive_the_stored_rounding(k):
+    """Sweep eps are stored rounded to EPS_DECIMALS; 4/255 must still read '4/255' (it read 0.0156863)."""
+    from ssbench.report.tables import EPS_DECIMALS, _eps_label
+
+    assert _eps_label(round(k / 255, EPS_DECIMALS), "linf") == f"{k}/255"
+    assert _eps_label(0.05, "linf") == "0.05" and _eps_label(0.1, "linf") == "0.1" and _eps_label(3, "l0") == "3px"

@@ -32,15 +32,15 @@ def _eps(text: str) -> tuple[float, ...] | str:
     try:
         return parse_eps(text)
     except ValueError:
-        raise SpecError(f"--eps {text!r}: use paper, wide, cifar or a list like 0,0.05,0.1 or 0,2/255,8/255") from None
+        raise SpecError(f"--eps {text!r}: use paper, wide, cifar, hashing or a list like 0,0.05,0.1 or 0,2/255,8/255") from None
 
 
 def attack(
     run: Annotated[str, typer.Argument(help="run id (see `ssbench runs`) or checkpoint path of the model to attack")],
     suite: Annotated[str, typer.Option(help="whitebox, blackbox, hashing or all")] = "whitebox",
     mode: Annotated[list[str] | None, typer.Option("--mode", help="feedback, exact, transfer or all; repeatable [default: feedback, exact]")] = None,
-    attack_name: Annotated[list[str] | None, typer.Option("--attack", help="fgsm, pgd, apgd-ce, apgd-dlr, tpgd, square, onepixel, boundary, hsj; repeatable [default: the whole suite]")] = None,
-    eps: Annotated[str, typer.Option(help="paper (0..0.1 step 0.01), wide (0..0.5), cifar (k/255), or a list 0,0.05,0.1 / 0,2/255,8/255; pixel space, inputs in [0, 1]")] = "paper",
+    attack_name: Annotated[list[str] | None, typer.Option("--attack", help="whitebox: fgsm, pgd, apgd-ce, apgd-dlr, tpgd; blackbox: square, onepixel, boundary, hsj; hashing: hag, sdha, fgsm-hash, pgd-hash, hsj-label; repeatable [default: the whole suite]")] = None,
+    eps: Annotated[str | None, typer.Option(help="paper (0..0.1 step 0.01), wide (0..0.5), cifar (k/255), hashing ({2,4,8,16}/255 and 0.1), or a list 0,0.05,0.1 / 0,2/255,8/255; pixel space, inputs in [0, 1] [default: hashing for --suite hashing, else paper]")] = None,
     n: Annotated[int, typer.Option("--n", help="examples attacked (first n of a seeded test permutation)")] = 500,
     steps: Annotated[int | None, typer.Option(help="iterations of iterative gradient attacks [default per attack: pgd 40, apgd 100, tpgd 10]")] = None,
     surrogate: Annotated[str | None, typer.Option(help="transfer mode: run id of the BP surrogate (rule bp, same architecture and data) [default: found in the store]")] = None,
@@ -58,7 +58,7 @@ def attack(
     modes = list(GRADIENT_MODES) if every else (mode or ["feedback", "exact"])
     spec = AttackSpec(
         target=run, suite=suite, attacks=tuple(attack_name) if attack_name else None, modes=tuple(modes),
-        eps=_eps(eps), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
+        eps=_eps(eps if eps is not None else ("hashing" if suite == "hashing" else "paper")), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
         device=device, loss=loss, transfer_optional=every,
     )
     run_attack(spec, open_store(db), console=Console(stderr=True), quiet=quiet)

@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
         (SIGKILL, out of memory: no Python code ran to mark it) shows as 'running (gone)';
         --fail-stale marks those failed.
         """
+        from rich import box as rich_box
         from rich.console import Console
         from rich.table import Table
 
@@ -88,18 +89,26 @@ def register(app: typer.Typer) -> None:
         evaluations: dict[int, dict[str, float]] = {}
         for run_id, metric, value in zip(ev["run_id"], ev["metric"], ev["value"]):
             evaluations.setdefault(int(run_id), {})[metric] = value
-        table = Table(title=f"runs in {store!r}", title_justify="left", header_style="bold")
-        for col, justify in (("id", "right"), ("kind", "left"), ("status", "left"), ("parent", "right"),
-                             ("rule", "left"), ("model", "left"), ("dataset", "left"), ("seed", "right"),
-                             ("key metric", "left"), ("started", "left"), ("seconds", "right")):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # at terminal widths under 120 the time columns go (see them with `ssbench show`): the rest
+        # then fits 80 columns without cutting names to "fash…"
+        wide = console.width >= 120
+        table = Table(title=f"runs in {store!r}", title_justify="left", header_style="bold",
+                      box=None if not wide else rich_box.SIMPLE_HEAD, pad_edge=False)
+        columns = [("id", "right"), ("kind", "left"), ("status", "left"), ("from", "right"), ("rule", "left"),
+                   ("model", "left"), ("dataset", "left"), ("seed", "right"), ("key metric", "left")]
+        if wide:
+            columns += [("started", "left"), ("seconds", "right")]
+        for col, justify in columns:
+            table.add_column(col, justify=justify, overflow="fold", no_wrap=col not in ("key metric", "dataset"))  # type: ignore[arg-type]
         for r in rows:
-            table.add_row(
+            cells = [
                 str(r.id), r.kind, _status_cell(store, r),
                 "" if r.parent_id is None else str(r.parent_id), r.rule or "", r.model or "", r.dataset or "",
                 "" if r.seed is None else str(r.seed), key_metric(r, evaluations).replace("[", r"\["),
-                _fmt_time(r.started_at), _fmt_seconds(r.seconds),
-            )
+            ]
+            if wide:
+                cells += [_fmt_time(r.started_at), _fmt_seconds(r.seconds)]
+            table.add_row(*cells)
         console.print(table)
 
     @app.command("show")

@@ -285,7 +285,8 @@ def _eps_label(e: float, norm: Any) -> str:
     if norm == "l0":
         return f"{int(e)}px"
     k = e * 255
-    if e > 0 and abs(k - round(k)) < 1e-6 and abs(e * 100 - round(e * 100)) > 1e-6:
+    # eps are stored rounded to EPS_DECIMALS: 4/255 comes back as 0.01568627, i.e. 3.9999989 / 255
+    if e > 0 and abs(k - round(k)) < 1e-4 and abs(e * 100 - round(e * 100)) > 1e-6:
         return f"{int(round(k))}/255"
     return f"{e:g}"
 
