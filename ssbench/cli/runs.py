@@ -70,7 +70,10 @@ def register(app: typer.Typer) -> None:
         """
         from rich import box as rich_box
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
+
+        from ssbench.report.variants import dataset_label, model_label, rule_label
 
         from ssbench.store import open_store
 
@@ -103,7 +106,10 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             cells = [
                 str(r.id), r.kind, _status_cell(store, r),
-                "" if r.parent_id is None else str(r.parent_id), r.rule or "", r.model or "", r.dataset or "",
+                "" if r.parent_id is None else str(r.parent_id),
+                # variant labels (ifa(θ=30), mlp[256x3], fashion-mnist[5-9]): what the report groups by
+                escape(rule_label(r.config, r.rule or "")), escape(model_label(r.config, r.model or "")),
+                escape(dataset_label(r.config, r.dataset or "")),
                 "" if r.seed is None else str(r.seed), key_metric(r, evaluations).replace("[", r"\["),
             ]
             if wide:
