@@ -40,7 +40,7 @@ def alignment_metrics(model: nn.Module) -> list[LayerAlignment]:
         idle = [n for n, m in layers if not getattr(m, "ran_forward", False)]
         if idle:
             warn_idle_layers(idle, len(layers), "left out of the alignment metrics")
-            layers = [(n, m) for n, m in layers if n not in set(idle)]
+            layers = [(n, m) for n, m in layers if n not in idle]
     rows = []
     for name, layer in layers:
         w, b = layer.weight.detach(), layer.feedback_tensor()

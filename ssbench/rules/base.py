@@ -39,6 +39,13 @@ def reference_rms(weight: Tensor) -> Tensor:
     return s if bool(s > 0) else torch.full_like(s, init_rms(weight))
 
 
+def draw_at_weight_norm(weight: Tensor, gen: torch.Generator) -> Tensor:
+    """N(0, 1) tensor of W's shape scaled to norm ||W|| (the init norm of W's shape for a zero W):
+    the fixed random feedback of fa and frsf, at the scale of the weight it stands in for."""
+    r = draw_normal(weight.shape, weight, gen)
+    return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
+
+
 def _mixed_seed(seed: int, layer_index: int, step: int) -> int:
     return (seed * 1_000_003 + layer_index * 7_919 + step * 104_729) % (2**63 - 1)
 

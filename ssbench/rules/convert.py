@@ -73,7 +73,7 @@ def convert(
         if idle:
             warn_idle_layers(idle, len(targets), "left exact (plain backprop)")
             skip += tuple(_literal(n) for n in idle)
-            targets = [(n, m) for n, m in targets if n not in set(idle)]
+            targets = [(n, m) for n, m in targets if n not in idle]
     if not targets:
         raise SpecError("convert: the model has no nn.Linear or nn.Conv2d layer to convert")
     box = ErrorBox() if rule.direct else None
@@ -122,7 +122,7 @@ def layers_not_run(
     if layers is None:
         layers = feedback_layers(model)
     ran: set[str] = set()
-    handles = [m.register_forward_hook(_Mark(ran, name)) for name, m in layers]
+    handles = [m.register_forward_hook(lambda *_, name=name: ran.add(name)) for name, m in layers]
     args = example_input if isinstance(example_input, tuple) else (example_input,)
     cuda = sorted({a.get_device() for a in args if isinstance(a, Tensor) and a.is_cuda})
     saved = [(b, b.detach().clone()) for b in model.buffers()]
@@ -147,14 +147,6 @@ def check_conversion(model: nn.Module, example_input: Tensor | tuple[Any, ...]) 
     if idle:
         warn_idle_layers(idle, len(layers), "their backward is exact, not the rule's")
     return idle
-
-
-class _Mark:
-    def __init__(self, ran: set[str], name: str) -> None:
-        self.ran, self.name = ran, name
-
-    def __call__(self, module: nn.Module, inputs: Any, out: Any) -> None:
-        self.ran.add(self.name)
 
 
 def warn_idle_layers(idle: list[str], total: int, consequence: str) -> None:

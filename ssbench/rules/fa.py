@@ -7,12 +7,10 @@ zero W_0 (torchvision's ViT head) takes the init scale of its shape instead (see
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_normal, reference_rms
+from ssbench.rules.base import RULES, Rule, draw_at_weight_norm
 
 
 @RULES.register("fa", help="feedback alignment, fixed random B scaled to ||W||")
@@ -20,8 +18,7 @@ class FeedbackAlignment(Rule):
     name = "fa"
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
-        r = draw_normal(weight.shape, weight, gen)
-        return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
+        return draw_at_weight_norm(weight, gen)
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         return layer.feedback_state

@@ -7,12 +7,10 @@ zero-initialised layer (torchvision's ViT head) would pass no error down at all.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_normal, reference_rms
+from ssbench.rules.base import RULES, Rule, draw_at_weight_norm
 
 
 @RULES.register("frsf", help="fixed random-magnitude sign feedback, B = |R| sign(W)")
@@ -20,8 +18,7 @@ class FixedRandomSignFeedback(Rule):
     name = "frsf"
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
-        r = draw_normal(weight.shape, weight, gen)
-        return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
+        return draw_at_weight_norm(weight, gen)
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         r, w = layer.feedback_state, layer.weight.detach()

@@ -37,7 +37,7 @@ class FeedbackLayer(nn.Module):
         self.feedback_skip = tuple(skip)
         self.exact, self.error_box, self.ran_forward = False, error_box, False
         self._step_gen: torch.Generator | None = None
-        self._draw_cache: tuple[tuple[Any, ...], Tensor, Tensor] | None = None
+        self._draw_cache: tuple[tuple[Any, ...], Tensor] | None = None
         state = None if rule.direct else rule.init_state(self.weight, layer_generator(seed, index))
         self.register_buffer("feedback_state", state)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long, device=self.weight.device))
@@ -63,21 +63,21 @@ class FeedbackLayer(nn.Module):
 
         One generator per layer, re-seeded per step (building one costs more than seeding). In eval
         mode the counter is frozen, so the draw is kept and reused: it depends on the step, dtype
-        and device only, never on W, so reusing it cannot go stale when W changes. The cache key
-        holds a reference to the counter, so its (pointer, version) cannot be reused by another.
+        and device only, never on W, so reusing it cannot go stale when W changes.
         """
-        w, step = self.weight, self.feedback_step
-        key = (step.data_ptr(), step._version, w.shape, w.dtype, w.device)
+        w = self.weight
+        step = int(self.feedback_step)
+        key = (step, w.shape, w.dtype, w.device)
         cache = self.__dict__.get("_draw_cache")
         if not self.training and cache is not None and cache[0] == key:
             return cache[1]
         gen = self.__dict__.get("_step_gen")
         if gen is None:
             gen = self._step_gen = torch.Generator(device="cpu")
-        gen = layer_generator(self.feedback_seed, self.feedback_index, int(step), reuse=gen)
+        gen = layer_generator(self.feedback_seed, self.feedback_index, step, reuse=gen)
         draw = draw_normal(w.shape, w, gen).abs_()
         if not self.training:
-            self._draw_cache = (key, draw, step.detach())
+            self._draw_cache = (key, draw)
         elif cache is not None:
             self._draw_cache = None  # training redraws every step: hold no stale copy
         return draw
