@@ -205,11 +205,6 @@ class RecipeResult:
     failed: list[Failure] = field(default_factory=list)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _describe(kind: str, spec: Any) -> str:
     if kind == "attack":
         return f"attack {spec.suite} on run {spec.target} seed {spec.seed}"
@@ -236,6 +231,7 @@ def run_recipe(
     of a failed fine-tune) are listed as skipped failures. `force` skips the `requires` check.
     """
     from ssbench.store import config_hash
+    from ssbench.store.store import error_line
 
     if not force:
         check_requirements(recipe)
@@ -258,8 +254,8 @@ def run_recipe(
             return runner(spec, store)
         except Exception as err:  # noqa: BLE001  (the store marked the run failed; the grid goes on)
             what = _describe(kind, spec)
-            failed.append(Failure(kind, what, _one_line(err)))
-            log(f"FAILED {what}: {_one_line(err)}")
+            failed.append(Failure(kind, what, error_line(err)))
+            log(f"FAILED {what}: {failed[-1].error}")
             return None
 
     def blocked(kind: str, what: str, because: str) -> None:

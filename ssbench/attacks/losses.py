@@ -17,15 +17,19 @@ AttackLoss = Literal["ce", "margin"]
 LOSSES: tuple[AttackLoss, ...] = ("ce", "margin")
 
 
+def _other_classes(logits: Tensor, y: Tensor) -> Tensor:
+    """The logits with each example's true class masked to -inf."""
+    return logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
+
+
 def margin(logits: Tensor, y: Tensor) -> Tensor:
     """Per example: max_{j != y} z_j - z_y (> 0 iff misclassified)."""
-    other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
-    return other - logits.gather(1, y[:, None]).squeeze(1)
+    return _other_classes(logits, y).amax(1) - logits.gather(1, y[:, None]).squeeze(1)
 
 
 def runner_up(logits: Tensor, y: Tensor) -> Tensor:
     """j* = argmax_{j != y} z_j per example."""
-    return logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf")).argmax(1)
+    return _other_classes(logits, y).argmax(1)
 
 
 def attack_loss(name: str, logits: Tensor, y: Tensor) -> Tensor:

@@ -165,7 +165,8 @@ def _process_started_before(pid: int, started_at: datetime | None) -> bool:
     return born <= start.timestamp() + 2.0  # 2 s: clock-tick and btime rounding
 
 
-def _error_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """`ExceptionType: first line of the message`, capped: how a failed run's error is stored."""
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
     return line if len(line) <= ERROR_LINE_MAX else line[: ERROR_LINE_MAX - 3] + "..."
@@ -265,7 +266,7 @@ class RunContext:
         if exc is None:
             values["status"] = "finished"
         else:
-            values.update(status="failed", error=_error_line(exc),
+            values.update(status="failed", error=error_line(exc),
                           traceback="".join(tb.format_exception(exc_type, exc, trace)))
         try:
             with self._store.session() as s, s.begin():
