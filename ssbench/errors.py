@@ -29,3 +29,12 @@ class SpecError(SsbenchError):
 
 class RunNotFoundError(SsbenchError):
     """No run with that id in the results store."""
+
+
+class StoreError(SsbenchError):
+    """The results store cannot be opened or used: bad URL, missing driver, unreachable server,
+    refused credentials, a file system SQLite is not safe on."""
+
+
+class ArtifactError(CheckpointError):
+    """An artifact file (checkpoint, retrieval split) is missing or is not the file the store recorded."""

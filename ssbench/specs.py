@@ -7,9 +7,17 @@ in a recipe fails loudly instead of silently using a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 RULE_NAMES = ("bp", "fa", "dfa", "usf", "frsf", "brsf", "ifa")
 RuleName = Literal["bp", "fa", "dfa", "usf", "frsf", "brsf", "ifa"]
@@ -50,12 +58,26 @@ class RuleSpec(Spec):
     theta: float | None = Field(default=None, ge=0.0, le=180.0, description="ifa: initial angle(W, B) in degrees")
     seed: int | None = Field(default=None, description="seed of the feedback weights; default: the run seed")
     skip: tuple[str, ...] = Field(default=(), description="module names (fnmatch patterns) kept exact")
+    init: Literal["default", "xavier"] = Field(
+        default="default",
+        description="xavier: BioTorch's initialisation: W re-initialised Xavier-uniform (training from "
+        "scratch only) and B drawn Xavier-uniform; default: B scaled to the converted W",
+    )
 
     @model_validator(mode="after")
     def _theta_only_for_ifa(self) -> RuleSpec:
         if self.theta is not None and self.name != "ifa":
             raise ValueError(f"theta is an ifa option, not one of rule {self.name!r}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # init='default' is left out of dumps, so stored configs and config hashes of every run made
+        # before the field existed stay what they were (a missing init reads back as 'default')
+        data = handler(self)
+        if self.init == "default":
+            data.pop("init", None)
+        return data
 
 
 class OptimSpec(Spec):

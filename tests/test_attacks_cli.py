@@ -36,7 +36,7 @@ def test_cli_builds_spec(monkeypatch):
     import ssbench.attacks.job as job
 
     monkeypatch.setattr(job, "run_attack", lambda spec, store, **kw: seen.__setitem__("spec", spec) or 1)
-    monkeypatch.setitem(sys.modules, "ssbench.store", types.SimpleNamespace(open_store=lambda db: ("store", db)))
+    monkeypatch.setitem(sys.modules, "ssbench.store", types.SimpleNamespace(open_store=lambda db, **kw: ("store", db)))
     r = CliRunner().invoke(app, ["attack", "12", "--mode", "exact", "--mode", "transfer", "--attack", "pgd",
                                  "--eps", "0,0.1,0.05", "--n", "50", "--steps", "7", "--db", "sqlite://", "--device", "cpu"])
     assert r.exit_code == 0, r.output
@@ -56,7 +56,7 @@ def test_cli_eps_fractions_loss_and_mode_all(monkeypatch):
     import ssbench.attacks.job as job
 
     monkeypatch.setattr(job, "run_attack", lambda spec, store, **kw: seen.__setitem__("spec", spec) or 1)
-    monkeypatch.setitem(sys.modules, "ssbench.store", types.SimpleNamespace(open_store=lambda db: ("store", db)))
+    monkeypatch.setitem(sys.modules, "ssbench.store", types.SimpleNamespace(open_store=lambda db, **kw: ("store", db)))
     r = CliRunner().invoke(app, ["attack", "3", "--eps", "8/255"])
     assert r.exit_code == 0, r.output
     assert seen["spec"].eps == (8 / 255,) and seen["spec"].loss == "ce" and not seen["spec"].transfer_optional

@@ -7,7 +7,9 @@ import pytest
 from pydantic import ValidationError
 
 from ssbench.errors import SpecError
-from ssbench.recipes import Overrides, load_recipe, run_recipe
+from ssbench.executors import run_recipe
+from ssbench.executors.task import RUNNERS
+from ssbench.recipes import Overrides, load_recipe
 from ssbench.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,21 +60,21 @@ def test_grid_runs_then_resumes(tmp_path: Path) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(SMALL)
     store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
-    first = run_recipe(load_recipe(p), store, log=lambda _m: None)
+    first = run_recipe(load_recipe(p), store, quiet=True)
     # 2 seeds x (1 pretrain + 2 rules)
-    assert len(first.trained) == 6 and first.skipped == 0
+    assert len(first.ran) == 6 and not first.already and not first.failed
     runs = store.list_runs()
     assert len(runs) == 6 and all(r.status == "finished" for r in runs)
     finetunes = [r for r in runs if r.kind == "finetune"]
     assert {r.rule for r in finetunes} == {"bp", "ifa"}
     assert all(r.parent_id is not None and store.get_run(r.parent_id).kind == "pretrain" for r in finetunes)
     assert all(r.recipe == "tiny" for r in runs)
-    again = run_recipe(load_recipe(p), store, log=lambda _m: None)
-    assert again.skipped == 6 and sorted(again.trained) == sorted(first.trained)
+    again = run_recipe(load_recipe(p), store, quiet=True)
+    assert not again.ran and sorted(o.run_id for _, o in again.already) == sorted(o.run_id for _, o in first.ran)
     assert len(store.list_runs()) == 6
     # an override changes the config: a new run, the old one untouched
-    third = run_recipe(load_recipe(p), store, Overrides(epochs=2, seeds=(0,)), log=lambda _m: None)
-    assert third.skipped == 0 and len(store.list_runs()) == 9
+    third = run_recipe(load_recipe(p), store, Overrides(epochs=2, seeds=(0,)), quiet=True)
+    assert not third.already and len(third.ran) == 3 and len(store.list_runs()) == 9
 
 
 THREE_RULES = """
@@ -109,8 +111,8 @@ def test_failed_job_does_not_stop_the_grid_and_is_retried(tmp_path: Path, monkey
     monkeypatch.setattr(job, "_log_alignment", fa_breaks)
     first = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["run", str(p), "--db", url, "-q"])
     assert first.exit_code == 1, first.output
-    assert "FAILED finetune fa mlp seed 0 train_limit 200: RuntimeError: fa exploded" in first.output
-    assert "1 failed" in first.output
+    assert "#3 failed finetune fa mlp seed 0 train_limit 200: RuntimeError: fa exploded" in first.output
+    assert "1 failed or skipped" in first.output
     store = open_store(url)
     status = {(r.kind, r.rule): r.status for r in store.list_runs()}
     # fa came second: usf after it still ran
@@ -124,51 +126,57 @@ def test_failed_job_does_not_stop_the_grid_and_is_retried(tmp_path: Path, monkey
     assert second.exit_code == 0, second.output
     new = [r for r in store.list_runs() if r.id not in before]
     assert [(r.kind, r.rule, r.status) for r in new] == [("finetune", "fa", "finished")]
-    assert "3 skipped" in second.output and "0 failed" in second.output
+    assert "3 already finished" in second.output and "0 failed" in second.output
 
 
-def test_failed_pretrain_skips_its_finetunes(tmp_path: Path) -> None:
+def test_failed_pretrain_skips_its_finetunes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "r.yaml"
     p.write_text(THREE_RULES)
     calls = []
 
-    def train(spec, store):  # noqa: ANN001, ANN202
+    def train(spec, store, **_kw):  # noqa: ANN001, ANN202
         calls.append(spec.kind)
         raise ValueError("no data today")
 
+    monkeypatch.setitem(RUNNERS, "pretrain", train)
+    monkeypatch.setitem(RUNNERS, "finetune", train)
     store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
-    result = run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+    result = run_recipe(load_recipe(p), store)
     assert calls == ["pretrain"]  # the fine-tunes never start without their source
-    assert [(f.kind, f.error) for f in result.failed] == [
-        ("pretrain", "ValueError: no data today"),
-        *[("finetune", "skipped: its pretrain failed")] * 3,
+    assert [(j.kind, o.status, o.error) for j, o in result.failed] == [
+        ("pretrain", "failed", "ValueError: no data today"),
+        *[("finetune", "skipped", "skipped: pretrain mlp seed 0 train_limit 200 failed")] * 3,
     ]
 
 
 def test_requires_is_checked_before_any_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import ssbench.recipes as recipes
+    import ssbench.recipes.requirements as recipes
 
     p = tmp_path / "r.yaml"
     p.write_text("requires: [gpu, network]\n" + THREE_RULES)
     store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
     calls = []
 
-    def train(spec, store):  # noqa: ANN001, ANN202
+    def train(spec, store, **_kw):  # noqa: ANN001, ANN202
         calls.append(spec.kind)
-        return len(calls)
+        with store.run(spec.kind, config=spec) as rec:
+            pass
+        return rec.run_id
 
+    for kind in ("pretrain", "finetune"):
+        monkeypatch.setitem(RUNNERS, kind, train)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(recipes, "network_available", lambda: True)
     with pytest.raises(SpecError, match=r"^recipe three requires a GPU \(torch sees no CUDA device\); .* --force$"):
-        run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+        run_recipe(load_recipe(p), store)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(recipes, "network_available", lambda: False)
     with pytest.raises(SpecError, match="requires a network"):
-        run_recipe(load_recipe(p), store, log=lambda _m: None, train=train)
+        run_recipe(load_recipe(p), store)
     assert calls == []
-    run_recipe(load_recipe(p), store, log=lambda _m: None, train=train, force=True)
+    run_recipe(load_recipe(p), store, force=True)
     assert calls == ["pretrain", "finetune", "finetune", "finetune"]
 
 
@@ -186,13 +194,21 @@ def test_network_probe_against_a_local_port() -> None:
     assert not network_available((("127.0.0.1", port),), timeout=2.0)
 
 
-def test_recipe_tags_land_on_every_run(tmp_path: Path) -> None:
+def test_recipe_tags_land_on_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     p = tmp_path / "r.yaml"
     p.write_text("tags: [ablation, cpu]\n" + THREE_RULES + "attack: {suite: whitebox, attacks: [fgsm], eps: [0.0]}\n")
     store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
     attacked = []
-    run_recipe(load_recipe(p), store, log=lambda _m: None, attack=lambda spec, _s: attacked.append(spec.tags) or 0)
-    runs = store.list_runs()
+
+    def attack(spec, store, **_kw):  # noqa: ANN001, ANN202
+        attacked.append(spec.tags)
+        with store.run("attack", config=spec) as rec:
+            pass
+        return rec.run_id
+
+    monkeypatch.setitem(RUNNERS, "attack", attack)
+    run_recipe(load_recipe(p), store, quiet=True)
+    runs = store.list_runs(kind=["pretrain", "finetune"])
     assert len(runs) == 4 and all(r.tags == ["ablation", "cpu"] for r in runs)
     assert [r.id for r in store.list_runs(tag="ablation")] == [r.id for r in runs]
     assert attacked == [("ablation", "cpu")] * 3
@@ -209,3 +225,53 @@ def test_attack_stage_takes_fractions_and_loss() -> None:
         AttackStage(eps=["-1/255"])
     with pytest.raises(ValidationError):
         AttackStage(loss="hinge")
+
+
+PER_RULE = """
+name: per-rule
+data: {name: digits, val_fraction: 0.2, train_limit: 200}
+models: [{name: mlp, hidden: [16]}]
+finetune:
+  from_scratch: true
+  rules: [bp, {name: dfa, optim: {lr: 1.0e-4}, epochs: 2}, {name: ifa, theta: 30, batch_size: 32}]
+  epochs: 1
+  batch_size: 64
+  optim: {name: sgd, lr: 0.001, momentum: 0.9, weight_decay: 0.001, scheduler: multistep, milestones: [50, 75]}
+"""
+
+
+def test_per_rule_overrides_reach_the_jobs_and_their_hashes(tmp_path: Path) -> None:
+    from ssbench.recipes import plan
+    from ssbench.store import config_hash
+    from ssbench.training.optim import build_optimizer
+
+    p = tmp_path / "r.yaml"
+    p.write_text(PER_RULE)
+    jobs = {j.spec.rule.name: j.spec for j in plan(load_recipe(p))}
+    # a partial optim keeps the stage's other optimiser fields
+    assert jobs["dfa"].optim.lr == 1e-4 and jobs["dfa"].optim.momentum == 0.9
+    assert jobs["dfa"].optim.weight_decay == 1e-3 and jobs["dfa"].optim.milestones == (50, 75)
+    assert jobs["dfa"].epochs == 2 and jobs["bp"].epochs == 1 and jobs["ifa"].batch_size == 32
+    assert jobs["bp"].optim.lr == 1e-3 and jobs["ifa"].rule.theta == 30
+    # the override is part of the job's identity
+    p.write_text(PER_RULE.replace("{name: dfa, optim: {lr: 1.0e-4}, epochs: 2}", "{name: dfa, epochs: 2}"))
+    plain = {j.spec.rule.name: j.spec for j in plan(load_recipe(p))}
+    assert config_hash(plain["dfa"]) != config_hash(jobs["dfa"]) and config_hash(plain["bp"]) == config_hash(jobs["bp"])
+    # and reaches the optimiser the job builds
+    import torch
+
+    opt = build_optimizer(torch.nn.Linear(2, 2), jobs["dfa"].optim, None)
+    assert opt.param_groups[0]["lr"] == 1e-4 and opt.param_groups[0]["weight_decay"] == 1e-3
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{name: dfa, optim: {lrr: 1.0e-4}}", "rule dfa: optim.lrr: Extra inputs are not permitted"),
+    ("{name: dfa, lr: 1.0e-4}", "unknown key 'lr'"),
+    ("{name: dfa, epochs: 0}", "rule dfa: epochs: Input should be greater than or equal to 1"),
+])
+def test_per_rule_override_errors_are_one_line(tmp_path: Path, entry: str, message: str) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(PER_RULE.replace("{name: dfa, optim: {lr: 1.0e-4}, epochs: 2}", entry))
+    with pytest.raises(SpecError, match="^recipe .*finetune") as err:
+        load_recipe(p)
+    assert message in str(err.value) and "\n" not in str(err.value)

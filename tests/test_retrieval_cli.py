@@ -72,7 +72,7 @@ def hashing_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
            "--mode", "exact", "--eps", "0,0.1", "--n", str(N_QUERIES), "--steps", "5", "--device", "cpu", "-q", *db)
     store = open_store(db[1])
     target = load_trained(store, 2)
-    record = json.loads(Path(store.get_run(2).summary["retrieval_split"]["path"]).read_text())
+    record = json.loads((store.artifacts / store.get_run(2).summary["retrieval_split"]["path"]).read_text())
     bundle = load_data(target.spec.data)
     pool = [stack(ds) for ds in (bundle.test, bundle.train, bundle.val)]  # pool order: test, train, val
     xs, ys = torch.cat([p[0] for p in pool]), torch.cat([p[1] for p in pool])
@@ -83,7 +83,8 @@ def test_finetune_scores_equal_brute_force_on_the_recorded_split(hashing_runs: d
     h = hashing_runs
     run = h["store"].get_run(2)
     entry = run.summary["retrieval_split"]
-    path = Path(entry["path"])
+    assert not Path(entry["path"]).is_absolute()  # recorded relative to the artifact root
+    path = h["store"].artifacts / entry["path"]
     assert path.parent == Path(h["store"].checkpoint(2, "best").path).parent  # saved next to the checkpoint
     assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"]
     split = h["record"]["split"]
@@ -153,7 +154,7 @@ def test_attack_reuses_the_recorded_split(hashing_runs: dict, monkeypatch: pytes
              "--n", "10", "--device", "cpu", "-q", *h["db"]]
     invoke(*cheap)
     # a split file edited after the run is refused, one line, before any attack work
-    path = Path(store.get_run(2).summary["retrieval_split"]["path"])
+    path = store.artifacts / store.get_run(2).summary["retrieval_split"]["path"]
     backup = path.with_suffix(".bak")
     shutil.copy(path, backup)
     try:
@@ -206,7 +207,7 @@ def test_multilabel_list_data_through_finetune_and_attack(tmp_path: Path) -> Non
     ev = store.frame_evaluations()
     assert ev[(ev.run_id == 3) & (ev.metric == "map@all")].value.item() == pytest.approx(expect["map@all"], abs=1e-6)
     # the recorded "split" of list data: the list files' sha256 and the rows in use
-    record = json.loads(Path(summary["retrieval_split"]["path"]).read_text())
+    record = json.loads((store.artifacts / summary["retrieval_split"]["path"]).read_text())
     assert record["kind"] == "lists"
     for name, file in (("train", "train.txt"), ("query", "test.txt"), ("database", "database.txt")):
         assert record["files"][name]["sha256"] == hashlib.sha256((tmp_path / "coco" / file).read_bytes()).hexdigest()

@@ -22,7 +22,15 @@ class Cfg(BaseModel):
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(store_url):
+    """A fresh store on each back end (SQLite file, real PostgreSQL)."""
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
     s = open_store(f"sqlite:///{tmp_path / 'db' / 'results.db'}")
     yield s
     s.close()
@@ -35,7 +43,7 @@ def _model_run(store, rule="fa", seed=0, **kw):
     return rec.run_id
 
 
-def test_migration_from_empty_file_creates_all_tables_at_head(tmp_path, monkeypatch):
+def test_migration_from_empty_database_creates_all_tables_at_head(store_url, tmp_path, monkeypatch):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
     from alembic.script import ScriptDirectory
@@ -43,27 +51,26 @@ def test_migration_from_empty_file_creates_all_tables_at_head(tmp_path, monkeypa
     from ssbench.store.engine import MIGRATIONS, alembic_config
 
     monkeypatch.chdir(tmp_path)  # migrations must not depend on the working directory
-    path = tmp_path / "fresh" / "results.db"
-    store = open_store(f"sqlite:///{path}")
-    con = sqlite3.connect(path)
-    names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    store = open_store(store_url)
+    names = set(sa.inspect(store.engine).get_table_names())
     assert TABLES | {"alembic_version"} <= names
-    (version,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
-    con.close()
+    with store.engine.connect() as conn:
+        versions = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
-    assert [version] == heads and len(list((MIGRATIONS / "versions").glob(f"{version}_*.py"))) == 1
+    assert versions == heads and len(list((MIGRATIONS / "versions").glob(f"{versions[0]}_*.py"))) == 1
     # the hand-written migration and the ORM describe the same schema
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
     # reopening is a no-op and keeps data
     rid = _model_run(store)
     store.close()
-    again = open_store(f"sqlite:///{path}")
+    again = open_store(store_url)
     assert again.get_run(rid).status == "finished"
     again.close()
 
 
-def test_wal_foreign_keys_and_busy_timeout(store, tmp_path):
+def test_wal_foreign_keys_and_busy_timeout(sqlite_store, tmp_path):
+    store = sqlite_store
     con = sqlite3.connect(tmp_path / "db" / "results.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent property of the file
     con.close()

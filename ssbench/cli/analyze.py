@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ssbench.cli.options import Db, Device, Quiet
+from ssbench.cli.options import Artifacts, Db, Device, Quiet
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -47,6 +47,7 @@ def hessian(
     batch_size: Annotated[int, typer.Option(help="examples per Hessian-vector product batch")] = 256,
     seed: Annotated[int, typer.Option(help="example selection and random probes")] = 0,
     db: Db = None,
+    artifacts: Artifacts = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -59,7 +60,7 @@ def hessian(
         density_probes=density_probes, surface=surface, surface_points=points, surface_radius=radius,
         split=split, batch_size=batch_size, seed=seed, device=device,
     )
-    run_hessian(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
+    run_hessian(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
 
 @analyze_app.command("corruptions", help=CORRUPTIONS_HELP)
@@ -71,6 +72,7 @@ def corruptions(
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 256,
     seed: Annotated[int, typer.Option(help="example selection and corruption randomness")] = 0,
     db: Db = None,
+    artifacts: Artifacts = None,
     device: Device = "auto",
     quiet: Quiet = False,
 ) -> None:
@@ -84,7 +86,7 @@ def corruptions(
         n_examples=n, batch_size=batch_size, seed=seed, device=device,
     )
     corruption_list(spec)  # bad names fail before the store is opened
-    run_corruptions(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
+    run_corruptions(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
 
 @analyze_app.command("list-corruptions", help="The registered corruptions and what severity scales.")

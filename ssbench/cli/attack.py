@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ssbench.cli.options import Db, Device, Quiet
+from ssbench.cli.options import Artifacts, Db, Device, Quiet
 from ssbench.errors import SpecError
 from ssbench.specs import GRADIENT_MODES, AttackSpec, parse_eps
 
@@ -47,6 +47,7 @@ def attack(
     loss: Annotated[str, typer.Option(help="loss of fgsm and pgd: ce (the papers') or margin (max_{j!=y} z_j - z_y; does not saturate on over-confident models)")] = "ce",
     batch_size: Annotated[int, typer.Option(help="examples per attack batch")] = 256,
     db: Db = None,
+    artifacts: Artifacts = None,
     device: Device = "auto",
     seed: Annotated[int, typer.Option(help="example selection and attack randomness")] = 0,
     quiet: Quiet = False,
@@ -61,7 +62,7 @@ def attack(
         eps=_eps(eps if eps is not None else ("hashing" if suite == "hashing" else "paper")), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
         device=device, loss=loss, transfer_optional=every,
     )
-    run_attack(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
+    run_attack(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

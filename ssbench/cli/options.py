@@ -1,6 +1,7 @@
 """Options shared by several commands (one definition each, so help texts agree)."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +11,12 @@ from ssbench.errors import SpecError
 Db = Annotated[
     str | None,
     typer.Option("--db", envvar="SSBENCH_DB", help="SQLAlchemy URL of the results store [default: sqlite:///./ssbench-results/results.db]"),
+]
+Artifacts = Annotated[
+    Path | None,
+    typer.Option("--artifacts", envvar="SSBENCH_ARTIFACTS", file_okay=False,
+                 help="folder holding the store's checkpoints and retrieval splits (recorded relative to it) "
+                      "[default: the SQLite file's folder, else SSBENCH_HOME or ./ssbench-results]"),
 ]
 Device = Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda, cuda:N")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from ssbench.cli.options import Db
+from ssbench.cli.options import Artifacts, Db
 
 TableName = Literal["clean", "robust", "alignment", "hashing", "hessian", "corruptions", "sanity", "all"]
 FormatName = Literal["terminal", "markdown", "latex", "csv"]
@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
     @app.command("report", help=HELP)
     def report(
         db: Db = None,
+        artifacts: Artifacts = None,
         fmt: Annotated[FormatName, typer.Option("--format", "-f", help="terminal (rich tables), markdown, latex (booktabs), csv (raw numbers, long form)")] = "terminal",
         out: Annotated[Path | None, typer.Option(help="folder for table files and plots (PNG + SVG)")] = None,
         recipe: Annotated[str | None, typer.Option(help="only runs of this recipe")] = None,
@@ -56,6 +57,6 @@ def register(app: typer.Typer) -> None:
         piped = fmt != "terminal" and out is None
         console = Console(soft_wrap=True, color_system=None) if piped else Console()
         build_report(
-            open_store(db), recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule, tables=table,
+            open_store(db, artifacts=artifacts), recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule, tables=table,
             formats=(fmt,), out=out, plots=plots, console=console, notes=Console(stderr=True) if piped else None,
         )

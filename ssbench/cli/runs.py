@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ssbench.cli.options import Db
+from ssbench.cli.options import Artifacts, Db
 
 
 def key_metric(run: Any, evaluations: dict[int, dict[str, float]]) -> str:
@@ -49,6 +49,7 @@ def register(app: typer.Typer) -> None:
     @app.command("runs")
     def runs(
         db: Db = None,
+        artifacts: Artifacts = None,
         kind: Annotated[str | None, typer.Option(help="pretrain, train, finetune, attack, ...")] = None,
         status: Annotated[str | None, typer.Option(help="running, finished or failed")] = None,
         rule: Annotated[str | None, typer.Option("--rule", "-r", help="learning rule (attack runs: the target's)")] = None,
@@ -77,7 +78,7 @@ def register(app: typer.Typer) -> None:
 
         from ssbench.store import open_store
 
-        store = open_store(db)
+        store = open_store(db, artifacts=artifacts)
         console = Console()
         if fail_stale:
             ids = store.fail_stale()
@@ -121,6 +122,7 @@ def register(app: typer.Typer) -> None:
     def show(
         run_ref: Annotated[str, typer.Argument(metavar="RUN", help="run id (see `ssbench runs`)")],
         db: Db = None,
+        artifacts: Artifacts = None,
         config: Annotated[bool, typer.Option("--config/--no-config", help="print the full configuration JSON")] = True,
     ) -> None:
         """Everything stored about one run: configuration, provenance (git commit, package versions,
@@ -133,7 +135,7 @@ def register(app: typer.Typer) -> None:
         from ssbench.report.tables import robust_wide, worst_case
         from ssbench.store import open_store
 
-        store = open_store(db)
+        store = open_store(db, artifacts=artifacts)
         run = store.get_run(run_ref)
         console = Console()
         console.print(f"[bold]run {run.id}[/] {run.kind} {_status_cell(store, run)}"

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ssbench.cli.options import Db, Device, Quiet, parse_classes, parse_floats
+from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats
 from ssbench.errors import SpecError
 from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 
@@ -37,7 +37,8 @@ _HELP = {
 }
 
 
-def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: str | None, db: str | None) -> ModelSpec:
+def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: str | None, db: str | None,
+                   artifacts: Path | None = None) -> ModelSpec:
     """Model name and widths as given; a fine-tune without --model takes its source's architecture."""
     widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
     if model is not None:
@@ -46,7 +47,7 @@ def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: st
         from ssbench.store import open_store
         from ssbench.training.checkpoint import read_checkpoint, resolve_checkpoint
 
-        path, _, _ = resolve_checkpoint(open_store(db), source)
+        path, _, _ = resolve_checkpoint(open_store(db, artifacts=artifacts), source)
         src = read_checkpoint(path)["meta"]["model"]
         return ModelSpec(name=src["name"], hidden=widths if widths is not None else src.get("hidden"))
     return ModelSpec(name="lenet", hidden=widths)
@@ -122,6 +123,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         tag: Annotated[list[str] | None, typer.Option(help="label the run (repeatable)")] = None,
         device: Device = "auto",
         db: Db = None,
+        artifacts: Artifacts = None,
         quiet: Quiet = False,
     ) -> None:
         from ssbench.store import open_store
@@ -140,7 +142,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
                 train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
                 download=download,
             ),
-            model=_resolve_model(kind, model, hidden, source, db).model_copy(update={"pretrained": torchvision_weights}),
+            model=_resolve_model(kind, model, hidden, source, db, artifacts).model_copy(update={"pretrained": torchvision_weights}),
             rule=RuleSpec(name=rule, theta=theta),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
@@ -148,7 +150,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
             track_grad_alignment=track_grad_alignment, tags=tuple(tag or ()),
         )
-        run_training(spec, open_store(db), console=Console(stderr=True), quiet=quiet)
+        run_training(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
     command.__doc__ = _HELP[kind]
     return command

@@ -298,12 +298,13 @@ def recorded_split(target, bundle) -> tuple[RetrievalSplit | None, dict]:  # noq
     run = getattr(target, "run", None)
     entry = ((getattr(run, "summary", None) or {}).get("retrieval_split")) if run is not None else None
     source = f"run {run.id}" if run is not None else str(target.path)
+    root = getattr(target, "artifacts", None)  # the store's artifact root: recorded paths are relative to it
     if entry is None:
         # no run (a checkpoint attacked by path): the file beside it, when copied with its folder
         beside = Path(target.path).parent / SPLIT_FILE if run is None else None
         if beside is None or not beside.is_file():
             return None, {"source": "computed"}
-        entry = {"path": str(beside)}
-    record = load_split_record(entry, source)
+        entry, root = {"path": str(beside)}, None
+    record = load_split_record(entry, source, root)
     split = split_from_record(record, bundle, source)
     return split, {"source": "recorded", "path": entry["path"], "sha256": entry.get("sha256")}

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from ssbench.errors import CheckpointError, DataNotFoundError
+from ssbench.errors import ArtifactError, CheckpointError, DataNotFoundError
+from ssbench.store.artifacts import resolve, to_stored, verify
 
 POOL_ORDER = ("test", "train", "val")
 
@@ -297,26 +298,36 @@ def split_record(bundle, split: RetrievalSplit | None = None) -> dict[str, Any]:
     return {"kind": "split", "split": split.to_dict(), "labels_sha256": labels_digest(pool_labels(parts))}
 
 
-def save_split_record(record: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """Write ``record`` atomically; returns the run-summary entry (path, sha256, sizes)."""
+def save_split_record(record: dict[str, Any], path: str | Path, root: str | Path | None = None) -> dict[str, Any]:
+    """Write ``record`` atomically; returns the run-summary entry (path, sha256, sizes). The path is
+    recorded relative to the store's artifact root ``root`` (absolute without one), so the results
+    folder can move."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(record, sort_keys=True))
     os.replace(tmp, path)
     body = record["split"] if record["kind"] == "split" else record["rows"]
-    return {"path": str(path.resolve()), "sha256": _sha256_bytes(path.read_bytes()), "kind": record["kind"],
+    stored = to_stored(path, Path(root)) if root is not None else str(path.resolve())
+    return {"path": stored, "sha256": _sha256_bytes(path.read_bytes()), "kind": record["kind"],
             "queries": len(body["query"]), "database": len(body["database"]), "train": len(body["train"])}
 
 
-def load_split_record(entry: dict[str, Any], source: str) -> dict[str, Any]:
-    """Read the file a run-summary entry points at, checking its sha256."""
-    path = Path(entry["path"])
+def split_path(entry: dict[str, Any], root: str | Path | None = None) -> Path:
+    """The file a run-summary entry means now: a relative path under the artifact root ``root``; an
+    absolute one (older runs) where it exists, else its ``checkpoints/<run>/`` tail under ``root``."""
+    if root is None:
+        return Path(entry["path"])
+    return resolve(entry["path"], Path(root))
+
+
+def load_split_record(entry: dict[str, Any], source: str, root: str | Path | None = None) -> dict[str, Any]:
+    """Read the file a run-summary entry points at (resolved against ``root``), checking its sha256
+    (ArtifactError naming the file, the stored and the actual hash)."""
+    path = split_path(entry, root)
     if not path.is_file():
-        raise CheckpointError(f"retrieval split {path} of {source} is missing; re-run the fine-tune or restore the file")
-    digest = _sha256_bytes(path.read_bytes())
-    if entry.get("sha256") and digest != entry["sha256"]:
-        raise CheckpointError(f"retrieval split {path} of {source} changed since it was recorded (sha256 mismatch)")
+        raise ArtifactError(f"retrieval split {path} of {source} is missing; re-run the fine-tune or restore the file")
+    verify(path, entry.get("sha256"), f"retrieval split {path} of {source}")
     return json.loads(path.read_text())
 
 

@@ -77,12 +77,13 @@ class HashingTask:
             )
         return self._split_cache[key]
 
-    def save_artifacts(self, bundle, folder: Path) -> dict:  # noqa: ANN001
+    def save_artifacts(self, bundle, folder: Path, root: Path | None = None) -> dict:  # noqa: ANN001
         """Persist the split this run trains and is scored on (``retrieval_split.json`` in ``folder``);
-        returns the run-summary entry with its sha256, which the hashing attack checks and reuses."""
+        returns the run-summary entry with its sha256 (path relative to the artifact root ``root``),
+        which the hashing attack checks and reuses."""
         lists = getattr(bundle, "retrieval", None)
         record = split_record(bundle, None if isinstance(lists, ListRetrievalData) else self.split(bundle))
-        return {"retrieval_split": save_split_record(record, Path(folder) / SPLIT_FILE)}
+        return {"retrieval_split": save_split_record(record, Path(folder) / SPLIT_FILE, root)}
 
     def train_dataset(self, bundle) -> Dataset:  # noqa: ANN001
         """The hash-training set: ``train_per_class`` images per class of the bundle's train split

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ssbench.errors import SpecError
 from ssbench.registry import Registry
 
 if TYPE_CHECKING:
     from ssbench.rules.layers import FeedbackLayer
 
 RULES: Registry[type[Rule]] = Registry("rule")
+
+Init = Literal["default", "xavier"]
+INITS: tuple[Init, ...] = ("default", "xavier")
+WEIGHT_STREAM = -1  # the `step` of the generator that re-initialises W (brsf's steps are >= 0)
 
 
 def rms(t: Tensor) -> Tensor:
@@ -44,6 +49,47 @@ def draw_at_weight_norm(weight: Tensor, gen: torch.Generator) -> Tensor:
     the fixed random feedback of fa and frsf, at the scale of the weight it stands in for."""
     r = draw_normal(weight.shape, weight, gen)
     return r * (reference_rms(weight) * math.sqrt(weight.numel()) / r.norm())
+
+
+def fans(weight: Tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) as torch.nn.init's xavier computes them: W.shape[1] and W.shape[0], each
+    times the receptive field (kh * kw for a conv kernel)."""
+    receptive = math.prod(weight.shape[2:])
+    return weight.shape[1] * receptive, weight.shape[0] * receptive
+
+
+def xavier_bound(fan_in: int, fan_out: int) -> float:
+    """Half-width of xavier_uniform_ (gain 1): U(-b, b), b = sqrt(6 / (fan_in + fan_out))."""
+    return math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def xavier_std(weight: Tensor) -> float:
+    """Std of xavier_uniform_ for W's shape, sqrt(2 / (fan_in + fan_out)): BioTorch's uSF scale."""
+    return xavier_bound(*fans(weight)) / math.sqrt(3.0)
+
+
+def draw_uniform(shape: torch.Size, bound: float, like: Tensor, gen: torch.Generator) -> Tensor:
+    """U(-bound, bound) in float32 on the CPU generator, cast to like's dtype and device (the same
+    numbers on every device and in every precision, as `draw_normal`)."""
+    t = torch.empty(shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
+    return t.to(device=like.device, dtype=like.dtype)
+
+
+def draw_xavier(weight: Tensor, gen: torch.Generator) -> Tensor:
+    """A xavier_uniform_ draw of W's shape: BioTorch's fixed random feedback (fa, frsf, brsf)."""
+    return draw_uniform(weight.shape, xavier_bound(*fans(weight)), weight, gen)
+
+
+def xavier_init_(layer: nn.Module, seed: int, layer_index: int) -> None:
+    """BioTorch's from-scratch init of a layer: W xavier_uniform_, bias 0 (BioTorch's layers set
+    the bias to 0 with init 'xavier'). W comes from its own seeded stream, not the one B is drawn
+    from, so B is never a copy of W's numbers."""
+    gen = layer_generator(seed, layer_index, WEIGHT_STREAM)
+    w = layer.weight
+    with torch.no_grad():
+        w.copy_(nn.init.xavier_uniform_(torch.empty(w.shape, dtype=torch.float32), generator=gen))
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.zero_()
 
 
 def _mixed_seed(seed: int, layer_index: int, step: int) -> int:
@@ -79,6 +125,20 @@ class Rule:
     per_step: ClassVar[bool] = False  # True: B is redrawn each training step (brsf)
     direct: ClassVar[bool] = False  # True: DFA-style error broadcast from the output
 
+    def __init__(self, init: Init = "default") -> None:
+        if init not in INITS:
+            raise SpecError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        self.init: Init = init
+
+    @property
+    def xavier(self) -> bool:
+        """BioTorch's initialisation: B drawn xavier-uniform instead of at the converted W's scale."""
+        return self.init == "xavier"
+
+    def draw(self, weight: Tensor, gen: torch.Generator) -> Tensor:
+        """The rule's random tensor of W's shape: N(0, 1) (default; rules rescale it) or xavier-uniform."""
+        return draw_xavier(weight, gen) if self.xavier else draw_normal(weight.shape, weight, gen)
+
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor | None:
         return None
 
@@ -86,8 +146,9 @@ class Rule:
         raise NotImplementedError
 
     def config(self) -> dict[str, float | int | str | None]:
-        """Options that define the rule (persisted next to checkpoints)."""
-        return {"name": self.name}
+        """Options that define the rule (persisted next to checkpoints). `init` only where it is not
+        the default, so configs (and config hashes) of default runs are what they always were."""
+        return {"name": self.name, **({"init": self.init} if self.xavier else {})}
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "name")

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ssbench.errors import SpecError
-from ssbench.rules.base import RULES, Rule
+from ssbench.rules.base import RULES, Init, Rule, xavier_init_
 from ssbench.rules.functions import CaptureErrorFn, ErrorBox
 from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from ssbench.specs import RuleSpec
@@ -25,13 +25,13 @@ class ConversionWarning(UserWarning):
     """Some layers a rule would cover never run their own forward, so the rule cannot reach them."""
 
 
-def make_rule(name: str, theta: float | None = None) -> Rule:
+def make_rule(name: str, theta: float | None = None, init: Init = "default") -> Rule:
     cls = RULES.get(name)
     if name.lower() == "ifa":
-        return cls(theta=45.0 if theta is None else theta)  # type: ignore[call-arg]
+        return cls(theta=45.0 if theta is None else theta, init=init)  # type: ignore[call-arg]
     if theta is not None:
         raise SpecError(f"theta is an ifa option, not one of rule {name!r}")
-    return cls()
+    return cls(init=init)
 
 
 def convert(
@@ -42,6 +42,7 @@ def convert(
     theta: float | None = None,
     skip: Sequence[str] = (),
     example_input: Tensor | tuple[Any, ...] | None = None,
+    from_scratch: bool = False,
 ) -> nn.Module:
     """Make every nn.Linear / nn.Conv2d of `model` learn with `rule`; returns `model` (in place).
 
@@ -54,20 +55,21 @@ def convert(
     e.g. torchvision's Swin attention) are left exact with a ConversionWarning and added to the
     skip list, so alignment metrics never list a layer the rule does not reach and a checkpoint
     rebuilds the same conversion without the example.
+
+    `from_scratch=True` says W is a fresh init, not trained weights: a rule with init='xavier' then
+    re-initialises every converted layer as BioTorch does (W xavier-uniform from a seeded stream of
+    its own, bias 0) before B is derived. Without it (fine-tuning, checkpoints) W is never touched.
     """
     if isinstance(rule, RuleSpec):
         seed = rule.seed if rule.seed is not None else seed
         skip = tuple(skip) + tuple(rule.skip)
-        rule = make_rule(rule.name, rule.theta)
+        rule = make_rule(rule.name, rule.theta, rule.init)
     elif isinstance(rule, str):
         rule = make_rule(rule, theta)
     if feedback_layers(model):
         raise SpecError(f"model is already converted (rule {model_rule(model)!r}); convert a fresh model")
     skip = tuple(skip)
-    targets = [
-        (name, m) for name, m in model.named_modules()
-        if type(m) in _SWAPS and not any(fnmatch.fnmatchcase(name, p) for p in skip)
-    ]
+    targets = _targets(model, skip)
     if example_input is not None and targets:
         idle = layers_not_run(model, example_input, targets)
         if idle:
@@ -78,6 +80,8 @@ def convert(
         raise SpecError("convert: the model has no nn.Linear or nn.Conv2d layer to convert")
     box = ErrorBox() if rule.direct else None
     for index, (_, module) in enumerate(targets):
+        if from_scratch and rule.xavier:
+            xavier_init_(module, seed, index)  # before attach_rule: B is derived from this W
         module.__class__ = _SWAPS[type(module)]
         module.attach_rule(rule, seed, index, box, skip)  # type: ignore[attr-defined]
     if box is not None:
@@ -86,11 +90,27 @@ def convert(
 
 
 def convert_from_config(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
-    """Redo the conversion `rule_config(model)` describes (checkpoints store that dict)."""
-    return convert(
-        model, str(config["name"]), seed=int(config.get("seed") or 0), theta=config.get("theta"),
-        skip=tuple(config.get("skip") or ()),
-    )
+    """Redo the conversion `rule_config(model)` describes (checkpoints store that dict). W is left
+    as it is (the checkpoint's weights are loaded next); `init` restores how B is drawn."""
+    rule = make_rule(str(config["name"]), config.get("theta"), config.get("init") or "default")
+    return convert(model, rule, seed=int(config.get("seed") or 0), skip=tuple(config.get("skip") or ()))
+
+
+def xavier_init(model: nn.Module, *, seed: int = 0, skip: Sequence[str] = ()) -> nn.Module:
+    """BioTorch's from-scratch init without a conversion (a BP pretrain): every nn.Linear / nn.Conv2d
+    `convert` would cover, in its order, gets W xavier-uniform and bias 0, exactly as
+    `convert(..., from_scratch=True)` with init='xavier' would give it. Returns `model` (in place)."""
+    for index, (_, module) in enumerate(_targets(model, tuple(skip))):
+        xavier_init_(module, seed, index)
+    return model
+
+
+def _targets(model: nn.Module, skip: tuple[str, ...]) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every exact nn.Linear / nn.Conv2d not matched by a skip pattern."""
+    return [
+        (name, m) for name, m in model.named_modules()
+        if type(m) in _SWAPS and not any(fnmatch.fnmatchcase(name, p) for p in skip)
+    ]
 
 
 class CaptureOutputError:

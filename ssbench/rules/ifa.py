@@ -14,14 +14,15 @@ import torch
 from torch import Tensor
 
 from ssbench.errors import SpecError
-from ssbench.rules.base import RULES, Rule, draw_normal, init_rms
+from ssbench.rules.base import RULES, Init, Rule, draw_normal, init_rms
 
 
 @RULES.register("ifa", help="one-time soft alignment: fixed B at angle theta to the initial W")
 class InitialFeedbackAlignment(Rule):
     name = "ifa"
 
-    def __init__(self, theta: float = 45.0) -> None:
+    def __init__(self, theta: float = 45.0, init: Init = "default") -> None:
+        super().__init__(init)  # xavier only re-initialises W from scratch: B still follows W_0
         if not 0.0 <= theta <= 180.0:
             raise SpecError(f"ifa theta must be in [0, 180] degrees, got {theta}")
         self.theta = float(theta)
@@ -45,4 +46,4 @@ class InitialFeedbackAlignment(Rule):
         return layer.feedback_state
 
     def config(self) -> dict[str, float | int | str | None]:
-        return {"name": self.name, "theta": self.theta}
+        return {**super().config(), "theta": self.theta}

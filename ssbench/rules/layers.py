@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssbench.errors import SpecError
-from ssbench.rules.base import Rule, draw_normal, layer_generator
+from ssbench.rules.base import Rule, layer_generator
 from ssbench.rules.functions import DirectFeedback, ErrorBox, FeedbackConv2dFn, FeedbackLinearFn
 
 
@@ -59,7 +59,7 @@ class FeedbackLayer(nn.Module):
             return self.rule.feedback(self)
 
     def step_draw_abs(self) -> Tensor:
-        """|R_t| ~ |N(0, 1)| of W's shape for the current step counter (brsf).
+        """|R_t| of W's shape for the current step counter (brsf): |N(0, 1)|, or |xavier-uniform|.
 
         One generator per layer, re-seeded per step (building one costs more than seeding). In eval
         mode the counter is frozen, so the draw is kept and reused: it depends on the step, dtype
@@ -75,7 +75,7 @@ class FeedbackLayer(nn.Module):
         if gen is None:
             gen = self._step_gen = torch.Generator(device="cpu")
         gen = layer_generator(self.feedback_seed, self.feedback_index, step, reuse=gen)
-        draw = draw_normal(w.shape, w, gen).abs_()
+        draw = self.rule.draw(w, gen).abs_()  # N(0, 1), or xavier-uniform with init='xavier'
         if not self.training:
             self._draw_cache = (key, draw)
         elif cache is not None:
@@ -90,7 +90,7 @@ class FeedbackLayer(nn.Module):
                     f"{self.feedback_state.shape[1]}, got {out_size} and {in_size}"
                 )
             gen = layer_generator(self.feedback_seed, self.feedback_index)
-            self.feedback_state = self.rule.direct_matrix(self.weight, out_size, in_size, gen)  # type: ignore[attr-defined]
+            self.feedback_state = self.rule.direct_matrix(self, out_size, in_size, gen)  # type: ignore[attr-defined]
         return self.feedback_state
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

@@ -4,18 +4,20 @@ s = rms(W) of the current weight, so ||B|| = ||W|| (for W without zeros) at ever
 stays stateless and its scale follows the converted W, whatever W's init was. Entries where W is
 exactly 0 get B = 0 (sign(0) = 0), and an all-zero W gives B = 0: the rule's only source of
 feedback is W's sign, and inventing one would no longer be sign-symmetric feedback.
+With init='xavier' s is BioTorch's: the std of xavier_uniform_ for W's shape, sqrt(2/(fan_in+fan_out)),
+a constant of the layer's shape that does not follow W.
 """
 from __future__ import annotations
 
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, rms
+from ssbench.rules.base import RULES, Rule, rms, xavier_std
 
 
-@RULES.register("usf", help="uniform sign-concordant feedback, B = rms(W) sign(W)")
+@RULES.register("usf", help="uniform sign-concordant feedback, B = rms(W) sign(W) (init xavier: xavier std)")
 class UniformSignFeedback(Rule):
     name = "usf"
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         w = layer.weight.detach()
-        return w.sign().mul_(rms(w))
+        return w.sign().mul_(xavier_std(w) if self.xavier else rms(w))

@@ -1,15 +1,56 @@
-"""Engine construction (SQLite pragmas) and migrations on open."""
+"""Engine construction (SQLite pragmas, one-line open errors) and migrations on open."""
 from __future__ import annotations
 
 import os
+import re
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
+
+from ssbench.errors import StoreError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+# pg_advisory_lock key that serialises `alembic upgrade` across processes: "SSBENCH1" in ASCII
+MIGRATION_LOCK_KEY = 0x5353_4245_4E43_4831
+# File systems where SQLite's WAL (shared memory + POSIX locks) is not safe: several hosts corrupt it.
+NETWORK_FILE_SYSTEMS = frozenset({
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "ceph", "fuse.ceph", "fuse.cephfs", "glusterfs",
+    "fuse.glusterfs", "lustre", "gpfs", "beegfs", "fuse.sshfs", "sshfs", "9p", "afs", "davfs", "fuse.davfs2",
+    "fuse.s3fs", "fuse.rclone", "fuse.gcsfuse", "fuse.juicefs",
+})
+# pip package that provides each DBAPI module SQLAlchemy may import
+DRIVER_PACKAGES = {
+    "psycopg": "'ssbench[scale]' (or psycopg[binary])",
+    "psycopg2": "psycopg2-binary (or use postgresql+psycopg://... after pip install 'ssbench[scale]')",
+    "asyncpg": "asyncpg",
+    "pg8000": "pg8000",
+    "pymysql": "pymysql",
+    "MySQLdb": "mysqlclient",
+    "mysql": "mysql-connector-python",
+    "oracledb": "oracledb",
+    "pyodbc": "pyodbc",
+}
+
+# engines made here, disposed in a forked child so that parent and child never share a connection
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _dispose_after_fork() -> None:
+    # SQLAlchemy's fork guidance: the child drops the inherited pool without closing the parent's sockets
+    for engine in list(_ENGINES):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_after_fork)
 
 
 def default_home() -> Path:
@@ -33,13 +74,122 @@ def sqlite_file(url: str) -> Path | None:
     return Path(u.database)
 
 
-def make_engine(url: str) -> Engine:
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+# -- one-line errors ----------------------------------------------------------------------------
+
+def _redact_raw(url: str) -> str:
+    """A URL string SQLAlchemy could not parse, with anything between 'user:' and '@' hidden."""
+    return re.sub(r"(://[^:/@\s]*):[^@\s]*@", r"\1:***@", url)
+
+
+def _shown(url: str | URL) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return _redact_raw(str(url))
+
+
+def _one_line(message: str, password: str | None) -> str:
+    """First non-empty line of a driver message, whitespace collapsed, the password scrubbed."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    line = " ".join(lines[0].split()) if lines else ""
+    if password:
+        for form in {password, quote(password, safe=""), quote_plus(password)}:
+            line = line.replace(form, "***")
+    return line
+
+
+def _driver_message(err: BaseException, password: str | None) -> str:
+    orig = getattr(err, "orig", None) if isinstance(err, DBAPIError) else None
+    source = orig if orig is not None else err
+    return _one_line(str(source), password) or type(source).__name__
+
+
+def _store_error(url: URL, what: str, err: BaseException) -> StoreError:
+    return StoreError(f"cannot open results store {_shown(url)}: {what}{_driver_message(err, url.password)}")
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as err:
+        raise StoreError(
+            f"not a database URL: {_redact_raw(url)!r} ({_one_line(str(err), None)}); expected e.g. "
+            "sqlite:///path/results.db or postgresql+psycopg://user:password@host:5432/dbname") from None
+
+
+def _missing_driver(u: URL, err: BaseException) -> StoreError:
+    if isinstance(err, ModuleNotFoundError) and err.name:
+        module = err.name.split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        return StoreError(f"cannot open results store {_shown(u)}: its driver module {module!r} is not "
+                          f"installed; pip install {package}")
+    return StoreError(f"cannot open results store {_shown(u)}: SQLAlchemy has no dialect/driver "
+                      f"{u.drivername!r}; for PostgreSQL use postgresql+psycopg://... (pip install 'ssbench[scale]')")
+
+
+# -- the file system under a SQLite file ---------------------------------------------------------
+
+def _unescape_mount_field(field: str) -> str:
+    # /proc/self/mounts writes space, tab, newline and backslash as \040, \011, \012, \134
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_fstype(path: str | Path, mounts: str) -> str | None:
+    """The file system type of the mount holding `path` (absolute, resolved) in a /proc/self/mounts
+    table: the longest mount point that is `path` or one of its parents; the later line of an
+    over-mounted point wins. None when no line matches."""
+    target = Path(path).as_posix()
+    best: tuple[int, str] | None = None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point, fstype = _unescape_mount_field(fields[1]), fields[2]
+        inside = point == "/" or target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fstype)
+    return None if best is None else best[1]
+
+
+def _mounts_table() -> str | None:
+    """This process's mount table; None where there is no /proc (not Linux: nothing to tell from)."""
+    try:
+        return Path("/proc/self/mounts").read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def _refuse_network_fs(path: Path) -> None:
+    mounts = _mounts_table()
+    if mounts is None:
+        return
+    fstype = mount_fstype(path.parent.resolve(), mounts)
+    if fstype is not None and fstype.lower() in NETWORK_FILE_SYSTEMS:
+        raise StoreError(
+            f"SQLite results file {path} is on a network file system ({fstype}), where SQLite's WAL is not "
+            "safe; use PostgreSQL (SSBENCH_DB=postgresql+psycopg://user:password@host/dbname) or point "
+            "SSBENCH_HOME at a local disk")
+
+
+# -- engines -------------------------------------------------------------------------------------
+
+def _server_engine(u: URL) -> Engine:
+    try:
+        return create_engine(u, pool_pre_ping=True)
+    except (NoSuchModuleError, ModuleNotFoundError) as err:
+        raise _missing_driver(u, err) from None
+    except (ArgumentError, TypeError, ValueError) as err:  # bad query arguments and the like
+        raise _store_error(u, "", err) from None
+
+
+def _sqlite_engine(url: str) -> Engine:
     path = sqlite_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot create the folder of results file {path}: {err.strerror or err}") from None
+        _refuse_network_fs(path)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     else:  # in-memory: one shared connection, or every session would see an empty database
         engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
@@ -60,8 +210,23 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:  # noqa: ANN001
+        # also serialises migrations: the first open takes the write lock before reading alembic_version
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; a bad URL, a missing driver or an unsafe SQLite location is a StoreError.
+    Nothing connects yet (`migrate` does, and turns connection failures into StoreError too)."""
+    u = _parse(url)
+    try:
+        backend = u.get_backend_name()
+        engine = _sqlite_engine(url) if backend == "sqlite" else _server_engine(u)
+    except (NoSuchModuleError, ModuleNotFoundError) as err:
+        raise _missing_driver(u, err) from None
+    if not isinstance(engine.pool, StaticPool):  # an in-memory database lives in its one connection
+        _ENGINES.add(engine)
     return engine
 
 
@@ -77,13 +242,60 @@ def alembic_config(connection=None):  # noqa: ANN001, ANN201
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """`alembic upgrade head` on this engine (a no-op when already at head)."""
-    from alembic import command
+def _connect(engine: Engine) -> Connection:
+    """The first connection: unreachable server, refused credentials, unopenable file -> StoreError."""
+    try:
+        return engine.connect()
+    except (NoSuchModuleError, ModuleNotFoundError) as err:
+        raise _missing_driver(engine.url, err) from None
+    except Exception as err:  # noqa: BLE001 -- any failure to connect is a failure to open the store
+        raise _store_error(engine.url, "", err) from None
 
-    with engine.connect() as conn:
+
+@contextmanager
+def _migration_lock(conn: Connection) -> Iterator[None]:
+    """On PostgreSQL, one process at a time migrates: a session-level advisory lock on this connection
+    (SQLite needs none: BEGIN IMMEDIATE already makes the first open's transaction exclusive)."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    conn.commit()  # the lock is the session's, not the transaction's: alembic runs its own
+    try:
+        yield
+    finally:
+        _unlock(conn)
+
+
+def _unlock(conn: Connection) -> None:
+    try:
+        conn.rollback()  # a failed migration leaves an aborted transaction behind
+        conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+    except Exception:  # noqa: BLE001
+        # a pooled connection must never keep the lock: drop it (the server then releases the lock)
+        conn.invalidate()
+
+
+def _upgrade(conn: Connection, url: URL) -> None:
+    from alembic import command
+    from alembic.util import CommandError
+
+    try:
         command.upgrade(alembic_config(conn), "head")
         conn.commit()
+    except DBAPIError as err:  # e.g. no CREATE permission, the server went away mid-migration
+        raise _store_error(url, "migrating to head failed: ", err) from None
+    except CommandError as err:  # typically a revision from a newer ssbench than this one
+        raise _store_error(url, f"its schema is not one this ssbench (head {head_revision()}) knows; "
+                                "is it from a newer ssbench? ", err) from None
+
+
+def migrate(engine: Engine) -> None:
+    """`alembic upgrade head` on this engine (a no-op when already at head), once even when several
+    processes open a fresh store together. Connection failures raise a one-line StoreError."""
+    with _connect(engine) as conn, _migration_lock(conn):
+        _upgrade(conn, engine.url)
 
 
 def head_revision() -> str:

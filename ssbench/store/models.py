@@ -164,3 +164,34 @@ class Checkpoint(Base):
     epoch: Mapped[int | None] = mapped_column(Integer)
     metric: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+CLAIM_STATUSES = ("running", "finished", "failed")
+
+
+class Claim(Base):
+    """One row per job of any recipe ever planned on this store, keyed by (kind, config_hash): the
+    claim a worker holds while it runs the job. Exactly-once comes from this row, not from the
+    executor: taking it is an INSERT (unique key) or a compare-and-swap UPDATE on `token`."""
+
+    __tablename__ = "claims"
+    __table_args__ = (
+        UniqueConstraint("kind", "config_hash"),
+        CheckConstraint("status IN ('running', 'finished', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    config_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    label: Mapped[str] = mapped_column(String(255))  # "finetune frsf lenet seed 0": for humans
+    recipe: Mapped[str | None] = mapped_column(String(200))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))  # the finished run
+    token: Mapped[str] = mapped_column(String(32))  # changes at every take-over: the CAS key
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    attempts: Mapped[int] = mapped_column(Integer)
+    claimed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)

@@ -25,6 +25,7 @@ from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.orm import aliased, sessionmaker
 
 from ssbench.errors import RunNotFoundError
+from ssbench.store import artifacts as _artifacts
 from ssbench.store.engine import default_home, make_engine, migrate, resolve_url, sqlite_file
 from ssbench.store.models import (
     Alignment,
@@ -37,6 +38,7 @@ from ssbench.store.models import (
 )
 from ssbench.store.records import AlignmentRow, SanityCheck, SweepPoint
 
+RUN_REF_FIELDS = ("source", "target", "surrogate")  # spec fields that may hold a run id (job_hash)
 VERSIONED_PACKAGES = ("torch", "torchvision", "ssbench", "torchattacks", "foolbox", "numpy")
 ERROR_LINE_MAX = 500
 
@@ -202,15 +204,17 @@ class RunRecorder:
         self._add([Evaluation(run_id=self.run_id, metric=metric, value=_num(value), split=split, params=jsonable(params or {}))])
 
     def add_checkpoint(self, tag: str, path: str | Path, epoch: int | None = None, metric: float | None = None) -> None:
-        """Record a checkpoint file (its sha256 is computed now); a second call with a tag replaces the first."""
+        """Record a checkpoint file (its sha256 is computed now); a second call with a tag replaces the first.
+        The path is stored relative to the artifact root, so the results folder can move."""
         path = Path(path)
         digest = file_sha256(path)
+        stored = _artifacts.to_stored(path, self._store.artifacts)
         with self._store.session() as s, s.begin():
             old = s.scalars(select(Checkpoint).where(Checkpoint.run_id == self.run_id, Checkpoint.tag == tag)).all()
             for row in old:
                 s.delete(row)
             s.flush()
-            s.add(Checkpoint(run_id=self.run_id, tag=tag, path=str(path.resolve()), sha256=digest,
+            s.add(Checkpoint(run_id=self.run_id, tag=tag, path=stored, sha256=digest,
                              epoch=epoch, metric=_num(metric), created_at=_now()))
             self._touch(s)
 
@@ -300,12 +304,19 @@ def _has_tag(tags: Any, tag: str | None) -> bool:
     return tag is None or (isinstance(tags, list) and tag in tags)
 
 
+def _resolved(row: Checkpoint, root: Path) -> Checkpoint:
+    # the row is detached (its session closed): the resolved path is never written back
+    row.path = str(_artifacts.resolve(row.path, root, run_id=row.run_id))
+    return row
+
+
 class Store:
     """One results database. Build it with `open_store`."""
 
-    def __init__(self, engine: Engine, home: Path, url: str) -> None:
+    def __init__(self, engine: Engine, artifacts: Path, url: str) -> None:
         self.engine = engine
-        self.home = home
+        self.artifacts = artifacts  # root of checkpoints and retrieval splits (see `open_store`)
+        self.home = artifacts  # the older name, kept for callers that still use it
         self.url = url
         self.session = sessionmaker(engine, expire_on_commit=False)
 
@@ -316,7 +327,23 @@ class Store:
         self.engine.dispose()
 
     def checkpoint_dir(self, run_id: int) -> Path:
-        return self.home / "checkpoints" / str(run_id)
+        return self.artifacts / _artifacts.CHECKPOINTS / str(run_id)
+
+    def job_hash(self, config: BaseModel | dict[str, Any]) -> str:
+        """The identity of a job: `config_hash` of its spec, where a field naming a run of this
+        store (a fine-tune's source, an attack's target or surrogate) names that run's own job hash
+        instead of its row id. So the same experiment hashes the same in every store and under every
+        executor, whatever order the runs were numbered in; runs record it as `config_hash`."""
+        data = config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+        refs = {f: int(v.strip().lstrip("#")) for f in RUN_REF_FIELDS
+                if isinstance(v := data.get(f), str) and v.strip().lstrip("#").isdigit()}
+        if refs:
+            with self.session() as s:
+                for f, run_id in refs.items():
+                    run = s.get(Run, run_id)
+                    if run is not None:
+                        data[f] = f"run:{run.config_hash}"
+        return config_hash(data)
 
     # writing
     def run(
@@ -340,7 +367,7 @@ class Store:
         data = config.model_dump(mode="json")
         row = Run(
             kind=kind, status="running", recipe=recipe, tags=list(tags), config=jsonable(data),
-            config_hash=config_hash(data), seed=seed, rule=rule, model=model, dataset=dataset, task=task,
+            config_hash=self.job_hash(data), seed=seed, rule=rule, model=model, dataset=dataset, task=task,
             parent_id=parent_id, git_commit=git_commit(), versions=package_versions(), device=device,
             host=socket.gethostname(), pid=os.getpid(), started_at=_now(), heartbeat_at=_now(), summary={},
         )
@@ -387,6 +414,8 @@ class Store:
             return s.scalars(stmt).first()
 
     def checkpoint(self, run_id: int, tag: str = "best") -> Checkpoint:
+        """The checkpoint row of `run_id` with `tag`; its `path` is resolved against this store's
+        artifact root (the database holds it relative). Not verified here: see `artifacts.verify`."""
         with self.session() as s:
             row = s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.tag == tag)).first()
             if row is None:
@@ -397,11 +426,13 @@ class Store:
 
             have = ", ".join(sorted(tags)) or "none"
             raise CheckpointError(f"run {run_id} has no checkpoint {tag!r} (it has: {have})")
-        return row
+        return _resolved(row, self.artifacts)
 
     def checkpoints(self, run_id: int) -> list[Checkpoint]:
+        """All checkpoint rows of a run, paths resolved as in `checkpoint`."""
         with self.session() as s:
-            return list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id)))
+            rows = list(s.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id)))
+        return [_resolved(r, self.artifacts) for r in rows]
 
     def liveness(self, run: Run) -> str | None:
         """For a 'running' run: 'alive' (its process exists on this host), 'gone' (it ran on this
@@ -510,15 +541,14 @@ class Store:
         return df
 
 
-def open_store(url: str | None = None) -> Store:
+def open_store(url: str | None = None, artifacts: str | Path | None = None) -> Store:
     """Open (and migrate to head) the results store at `url`, SSBENCH_DB, or
     sqlite:///<SSBENCH_HOME or ./ssbench-results>/results.db.
 
-    `Store.home` (checkpoints live in `home/checkpoints/<run_id>/`) is the SQLite file's folder, else
-    SSBENCH_HOME, else ./ssbench-results."""
+    `Store.artifacts` (checkpoints live in `<artifacts>/checkpoints/<run_id>/`) is `artifacts`, else
+    SSBENCH_ARTIFACTS, else the SQLite file's folder, else SSBENCH_HOME, else ./ssbench-results."""
     url = resolve_url(url)
     engine = make_engine(url)
     migrate(engine)
-    path = sqlite_file(url)
-    home = path.parent if path is not None else default_home()
-    return Store(engine, home, url)
+    root = _artifacts.artifact_root(artifacts, sqlite_file(url), default_home())
+    return Store(engine, root, url)

@@ -6,10 +6,13 @@ Files hold only tensors and plain containers, so they load with ``torch.load(wei
 from __future__ import annotations
 
 import os
+import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -17,11 +20,14 @@ from ssbench.errors import CheckpointError
 from ssbench.models import Normalized, build_model
 from ssbench.rules import convert_from_config, rule_config
 from ssbench.specs import ModelSpec, TrainSpec
+from ssbench.store.artifacts import verify
 
 if TYPE_CHECKING:
     from ssbench.store import Store
 
 FORMAT = "ssbench-checkpoint/1"
+RESUME_FORMAT = "ssbench-resume/1"
+RESUME_FILE = "resume.pt"  # beside last.pt while a run trains; deleted when it finishes
 _RULE_KEYS = ("feedback_state", "feedback_step")
 
 
@@ -44,8 +50,15 @@ class ModelMeta:
         return dict(self.__dict__)
 
 
-def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta, spec: TrainSpec, *, epoch: int, run_id: int | None) -> Path:
+def _save_atomic(payload: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta, spec: TrainSpec, *, epoch: int, run_id: int | None) -> Path:
     payload = {
         "format": FORMAT,
         "meta": {**meta.as_dict(), "rule": rule_config(model)},
@@ -54,10 +67,80 @@ def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta, spec: TrainSp
         "run_id": run_id,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return _save_atomic(payload, path)
+
+
+def rewrite_checkpoint(src: Path, dst: Path, *, run_id: int | None) -> Path:
+    """Copy a checkpoint file to `dst` as belonging to `run_id` (a resumed run takes over its
+    predecessor's best.pt: same weights and epoch, the new run's id)."""
+    return _save_atomic({**read_checkpoint(src), "run_id": run_id}, dst)
+
+
+# -- resume state: what an interrupted run needs beyond its weights to continue bit for bit -------
+
+def rng_state() -> dict[str, Any]:
+    """torch (CPU and initialised CUDA), numpy and python RNG states as tensors and plain
+    containers, so the file loads with weights_only=True."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain_scheduler_state(sched: Any) -> dict[str, Any] | None:
+    # MultiStepLR keeps its milestones in a Counter, which weights_only loading refuses
+    if sched is None:
+        return None
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in sched.state_dict().items()}
+
+
+def load_scheduler_state(sched: Any, state: dict[str, Any] | None) -> None:
+    if sched is None or state is None:
+        return
+    sched.load_state_dict({k: Counter(v) if isinstance(getattr(sched, k, None), Counter) else v for k, v in state.items()})
+
+
+def save_resume_state(
+    path: Path, *, run_id: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+    best_score: float, best_epoch: int, first_loss: float | None, diverged: dict[str, float] | None,
+) -> Path:
+    """Everything to continue after `epoch` (weights included, so the file is self-contained and one
+    atomic write: no window where it and last.pt disagree). Call it after the epoch's RNG use."""
+    return _save_atomic({
+        "format": RESUME_FORMAT, "run_id": run_id, "epoch": epoch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": _plain_scheduler_state(scheduler),
+        "best_score": float(best_score), "best_epoch": int(best_epoch), "first_loss": first_loss,
+        "diverged": diverged, "rng": rng_state(),
+    }, path)
+
+
+def read_resume_state(path: Path) -> dict[str, Any] | None:
+    """The resume state at `path`; None when there is none or it is unreadable (then no resume)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (a torn or foreign file: start over rather than fail)
+        return None
+    return state if isinstance(state, dict) and state.get("format") == RESUME_FORMAT else None
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -132,10 +215,14 @@ class TrainedModel:
     meta: ModelMeta
     run: Any | None  # store Run row, when the model came from the results store
     path: Path
+    artifacts: Path | None = None  # the store's artifact root: where the run's other files resolve
 
 
 def resolve_checkpoint(store: Store | None, ref: int | str, tag: str | None = None) -> tuple[Path, Any | None, str]:
-    """(checkpoint path, run row or None, how to name it in errors) for a run id or a file path."""
+    """(checkpoint path, run row or None, how to name it in errors) for a run id or a file path.
+
+    A run's checkpoint is resolved against the store's artifact root and its sha256 checked against
+    the recorded one (ArtifactError when it is missing or another file)."""
     if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
         if store is None:
             raise CheckpointError("a run id needs a results store")
@@ -145,7 +232,9 @@ def resolve_checkpoint(store: Store | None, ref: int | str, tag: str | None = No
         if run.status != "finished":
             raise CheckpointError(f"run {run.id} is {run.status}; only finished runs have a final checkpoint")
         chosen = tag or (run.summary or {}).get("selected", "best")
-        return Path(store.checkpoint(run.id, chosen).path), run, f"run {run.id}"
+        row = store.checkpoint(run.id, chosen)
+        path = verify(Path(row.path), row.sha256, f"checkpoint {row.path} of run {run.id}")
+        return path, run, f"run {run.id}"
     return Path(ref), None, str(ref)
 
 
@@ -160,4 +249,5 @@ def load_trained(store: Store | None, ref: int | str, device: torch.device | str
             run = None
     model, meta, spec = model_from_checkpoint(payload, source=source)
     model.to(device).eval()
-    return TrainedModel(model=model, spec=spec, meta=meta, run=run, path=path)
+    root = getattr(store, "artifacts", None)
+    return TrainedModel(model=model, spec=spec, meta=meta, run=run, path=path, artifacts=root)

@@ -7,13 +7,18 @@ The exported checkpoint is chosen on a validation split carved from train, never
 from __future__ import annotations
 
 import math
+import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sqlalchemy import select, update
 from torch import nn
 
 from ssbench.data import DataBundle, load_data, make_loader
@@ -22,13 +27,20 @@ from ssbench.models import Normalized, build_model, head_of, replace_head
 from ssbench.rules import alignment_metrics, convert
 from ssbench.specs import DataSpec, TrainSpec
 from ssbench.store import Store
+from ssbench.store.models import Alignment, Metric, Run
 from ssbench.store.records import AlignmentRow
 from ssbench.training.checkpoint import (
+    RESUME_FILE,
     ModelMeta,
+    load_scheduler_state,
     model_from_checkpoint,
     read_checkpoint,
+    read_resume_state,
     resolve_checkpoint,
+    rewrite_checkpoint,
     save_checkpoint,
+    save_resume_state,
+    set_rng_state,
 )
 from ssbench.training.device import resolve_device, seed_everything
 from ssbench.training.optim import build_optimizer, build_scheduler
@@ -124,11 +136,17 @@ def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store)
         mean, std = list(bundle.mean), list(bundle.std)
         arch = spec.model.model_dump(mode="json")
     model = Normalized(net, mean, std)
+    rule_seed = spec.rule.seed if spec.rule.seed is not None else spec.seed
+    from_scratch = spec.kind != "finetune" and not spec.model.pretrained  # rule.init='xavier' re-inits W then
     if spec.kind != "pretrain":
         # two real images: layers whose own forward never runs (functional use of .weight, e.g.
         # torchvision Swin attention) are found now, left exact, and recorded in the checkpoint
         example = torch.stack([torch.as_tensor(bundle.train[i][0]) for i in range(min(2, len(bundle.train)))])
-        convert(model, spec.rule, seed=spec.rule.seed if spec.rule.seed is not None else spec.seed, example_input=example)
+        convert(model, spec.rule, seed=rule_seed, example_input=example, from_scratch=from_scratch)
+    elif from_scratch and spec.rule.init == "xavier":
+        from ssbench.rules import xavier_init
+
+        xavier_init(model, seed=rule_seed, skip=spec.rule.skip)  # BioTorch inits its BP baseline the same way
     meta = ModelMeta(
         model=arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
         image_size=bundle.image_size, mean=mean, std=std, task=spec.task, rule=None,
@@ -164,8 +182,137 @@ def _log_alignment(rec, model: nn.Module, epoch: int, grad_angles: dict[str, flo
     return sum(angles) / len(angles) if angles else None
 
 
-def run_training(spec: TrainSpec, store: Store, *, console: Console | None = None, quiet: bool = False) -> int:
-    """Run one training job; returns its run id. The run is 'failed' in the store if anything raises."""
+# -- resume -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Resumable:
+    """An interrupted run of the same job and the state it left after `epoch`."""
+
+    run_id: int
+    epoch: int
+    state: dict[str, Any]  # see checkpoint.save_resume_state
+
+
+def _mark_gone_failed(store: Store, run: Run) -> None:
+    """A 'running' run whose process ended (SIGKILL, out of memory) becomes 'failed', saying why.
+    The status is compared in the UPDATE, so a concurrent `fail_stale` changes nothing."""
+    error = (f"StaleRun: process {run.pid} on {run.host} ended without finishing the run (killed, out of "
+             "memory or power loss); marked failed by a rerun of the same job, which resumes it")
+    with store.session() as s, s.begin():
+        s.execute(update(Run).where(Run.id == run.id, Run.status == "running")
+                  .values(status="failed", finished_at=datetime.now(timezone.utc), error=error))
+
+
+def _best_fits(store: Store, run_id: int, state: dict[str, Any]) -> bool:
+    """The run's best.pt holds the state's best epoch. When the best epoch is the state's own epoch
+    the state's weights are the best (best.pt is written after resume.pt), so no file is needed."""
+    best = int(state.get("best_epoch") or 0)
+    if best in (0, int(state["epoch"])):
+        return True
+    try:
+        return int(read_checkpoint(store.checkpoint_dir(run_id) / "best.pt").get("epoch") or -1) == best
+    except CheckpointError:
+        return False
+
+
+def find_resumable(store: Store, kind: str, config_hash: str, *, claimed: bool = False) -> Resumable | None:
+    """The newest earlier run of this job (same kind and configuration hash) to continue: not
+    finished, its process gone ('failed', or 'running' with liveness 'gone', which is marked failed
+    here), with a readable resume state in its checkpoint folder. A 'running' run that may still be
+    alive is never taken over: liveness 'alive', or 'unknown' (another host) unless `claimed`, i.e.
+    the caller holds the job's claim, which says that host's worker is gone."""
+    stmt = (select(Run).where(Run.kind == kind, Run.config_hash == config_hash, Run.status.in_(("failed", "running")))
+            .order_by(Run.id.desc()))
+    with store.session() as s:
+        runs = list(s.scalars(stmt))
+    for run in runs:
+        if run.status == "running":
+            live = store.liveness(run)
+            if live == "alive" or (live == "unknown" and not claimed):
+                continue
+            _mark_gone_failed(store, run)
+        state = read_resume_state(store.checkpoint_dir(run.id) / RESUME_FILE)
+        if state is not None and _best_fits(store, run.id, state):
+            return Resumable(run.id, int(state["epoch"]), state)
+    return None
+
+
+def copy_epoch_rows(store: Store, src: int, dst: int, up_to: int) -> None:
+    """Metric and alignment rows of epochs <= `up_to` of run `src`, added to run `dst` in one
+    transaction: a resumed run's curves start at its first epoch, as an uninterrupted run's do."""
+    with store.session() as s, s.begin():
+        metrics = s.scalars(select(Metric).where(Metric.run_id == src, Metric.epoch <= up_to).order_by(Metric.id)).all()
+        aligns = s.scalars(select(Alignment).where(Alignment.run_id == src, Alignment.epoch <= up_to).order_by(Alignment.id)).all()
+        s.add_all([Metric(run_id=dst, epoch=m.epoch, split=m.split, name=m.name, value=m.value, seconds=m.seconds)
+                   for m in metrics])
+        s.add_all([Alignment(run_id=dst, epoch=a.epoch, layer=a.layer, angle_deg=a.angle_deg, norm_ratio=a.norm_ratio,
+                             grad_angle_deg=a.grad_angle_deg) for a in aligns])
+
+
+def seed_epoch(loader: Iterable[Any], seed: int, epoch: int) -> None:
+    """Make the batches of `epoch` (1-based) a function of (seed, epoch) alone, not of the epochs
+    drawn before, so a resumed run draws exactly what an uninterrupted one would."""
+    if hasattr(loader, "set_epoch"):  # TensorLoader
+        loader.set_epoch(epoch - 1)
+    elif isinstance(getattr(loader, "generator", None), torch.Generator):  # torch DataLoader (folder data)
+        loader.generator.manual_seed((seed * 1_000_003 + epoch - 1) % 2**63)  # type: ignore[attr-defined]
+
+
+@dataclass
+class _Progress:
+    """What the epoch loop carries from one epoch to the next (and a resume state restores)."""
+
+    epoch: int = 0
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    first_loss: float | None = None
+    diverged: dict[str, float] | None = None
+
+
+def _take_over(prior: Resumable, store: Store, rec: Any, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+               meta: ModelMeta, spec: TrainSpec, ckpt_dir: Path) -> _Progress:
+    """Continue `prior` in the run `rec`: weights, optimiser, scheduler, its epoch rows and its
+    best.pt; the RNG states last, so nothing here can draw from them."""
+    st, k = prior.state, prior.epoch
+    model.load_state_dict(st["state_dict"])
+    opt.load_state_dict(st["optimizer"])
+    load_scheduler_state(sched, st["scheduler"])
+    copy_epoch_rows(store, prior.run_id, rec.run_id, k)
+    save_checkpoint(ckpt_dir / "last.pt", model, meta, spec, epoch=k, run_id=rec.run_id)
+    best = int(st["best_epoch"])
+    if best == k:
+        save_checkpoint(ckpt_dir / "best.pt", model, meta, spec, epoch=k, run_id=rec.run_id)
+    elif best:
+        rewrite_checkpoint(store.checkpoint_dir(prior.run_id) / "best.pt", ckpt_dir / "best.pt", run_id=rec.run_id)
+    rec.set_summary(resumed_from={"run": prior.run_id, "epoch": k}, **({"diverged": st["diverged"]} if st["diverged"] else {}))
+    set_rng_state(st["rng"])
+    return _Progress(k, float(st["best_score"]), best, st["first_loss"], st["diverged"])
+
+
+def _say(console: Console | None, text: str) -> None:
+    if console is not None:
+        console.print(text, highlight=False)
+    else:  # library use without a console: a resume is still worth a line
+        print(text, file=sys.stderr)
+
+
+def run_training(
+    spec: TrainSpec,
+    store: Store,
+    *,
+    console: Console | None = None,
+    quiet: bool = False,
+    resume: bool = True,
+    claimed: bool = False,
+    on_epoch: Callable[[int], None] | None = None,
+) -> int:
+    """Run one training job; returns its run id. The run is 'failed' in the store if anything raises.
+
+    resume: continue an interrupted run of the same job (`find_resumable`) from its last epoch
+    instead of starting over; with `deterministic` the final weights equal an uninterrupted run's.
+    claimed: the caller holds the job's claim, so a 'running' run of another host is taken over too.
+    on_epoch(epoch): called once an epoch's rows and files (last.pt, resume.pt, best.pt) are written.
+    """
     device = resolve_device(spec.device)
     seed_everything(spec.seed, spec.deterministic)
     bundle = load_data(spec.data)
@@ -186,25 +333,33 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
         from ssbench.analysis.gradient_alignment import gradient_alignment
 
         grad_batch = next(iter(make_loader(train_set, min(256, len(train_set)), shuffle=True, seed=spec.seed + 1)))
+    # the key the store records runs under (job_hash: a source run named by its own hash, not its id)
+    key = store.job_hash(spec)
+    prior = find_resumable(store, spec.kind, key, claimed=claimed) if resume else None
 
     with store.run(
         spec.kind, config=spec, seed=spec.seed, parent_id=prepared.parent_id, recipe=spec.recipe, tags=spec.tags,
         rule=spec.rule.name, model=spec.model.name, dataset=spec.data.name, task=spec.task, device=str(device),
     ) as rec:
-        ckpt_dir = Path(store.home) / "checkpoints" / str(rec.run_id)
+        ckpt_dir = store.checkpoint_dir(rec.run_id)
+        resume_path = ckpt_dir / RESUME_FILE
         if prepared.head is not None:
             rec.set_summary(head=prepared.head)
         if hasattr(task, "save_artifacts"):  # e.g. the retrieval split, so attacks reuse it exactly
-            rec.set_summary(**task.save_artifacts(bundle, ckpt_dir))
-        _log_alignment(rec, model, 0)
-        best_score, best_epoch = -math.inf, 0
-        first_loss: float | None = None
-        diverged: dict[str, float] | None = None
+            rec.set_summary(**task.save_artifacts(bundle, ckpt_dir, root=store.artifacts))
+        if prior is not None:
+            done = _take_over(prior, store, rec, model, opt, sched, prepared.meta, spec, ckpt_dir)
+            _say(console, f"resuming run {prior.run_id} from epoch {prior.epoch} (run {rec.run_id})")
+        else:
+            done = _Progress()
+            _log_alignment(rec, model, 0)
         with _progress(console, quiet) as progress:
-            epochs = progress.add_task(f"{spec.kind} {spec.rule.name} run {rec.run_id}", total=spec.epochs, info="")
-            for epoch in range(1, spec.epochs + 1):
+            epochs = progress.add_task(f"{spec.kind} {spec.rule.name} run {rec.run_id}", total=spec.epochs,
+                                       completed=done.epoch, info="")
+            for epoch in range(done.epoch + 1, spec.epochs + 1):
                 t0 = time.perf_counter()
                 model.train()
+                seed_epoch(loader, spec.seed, epoch)
                 batches = progress.add_task(f"  epoch {epoch}", total=len(loader), info="")
                 loss_sum, n, metric_sums = 0.0, 0, {}
                 for x, y in loader:
@@ -216,8 +371,8 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    if first_loss is None:
-                        first_loss = float(loss.detach())
+                    if done.first_loss is None:
+                        done.first_loss = float(loss.detach())
                     loss_sum += float(loss.detach()) * len(y)
                     n += len(y)
                     for k, v in getattr(task, "batch_metrics", lambda *_: {})(out.detach(), y).items():
@@ -229,10 +384,11 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
                     sched.step()
                 train_metrics = {"loss": loss_sum / n, **{k: v / n for k, v in metric_sums.items()}, "lr": lr}
                 rec.log_epoch(epoch, "train", train_metrics, seconds=time.perf_counter() - t0)
-                if diverged is None and first_loss is not None and loss_sum / n > DIVERGED_FACTOR * max(first_loss, 1e-12):
+                first_loss = done.first_loss
+                if done.diverged is None and first_loss is not None and loss_sum / n > DIVERGED_FACTOR * max(first_loss, 1e-12):
                     # argmax accuracy can still rise while the loss explodes (DFA, large lr): say so once
-                    diverged = {"epoch": epoch, "train_loss": loss_sum / n, "first_batch_loss": first_loss}
-                    rec.set_summary(diverged=diverged)
+                    done.diverged = {"epoch": epoch, "train_loss": loss_sum / n, "first_batch_loss": first_loss}
+                    rec.set_summary(diverged=done.diverged)
                     if console is not None:
                         console.print(f"[yellow]warning: run {rec.run_id} training loss {loss_sum / n:.3g} at epoch {epoch} "
                                       f"is > {DIVERGED_FACTOR:g}x its first batch's ({first_loss:.3g}): training diverged; "
@@ -246,13 +402,26 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
                 angle = _log_alignment(rec, model, epoch, grad_angles)
                 save_checkpoint(ckpt_dir / "last.pt", model, prepared.meta, spec, epoch=epoch, run_id=rec.run_id)
                 score = next(iter(val.values())) if val else -math.inf
-                if val and score > best_score:
-                    best_score, best_epoch = score, epoch
+                improved = bool(val) and score > done.best_score
+                if improved:
+                    done.best_score, done.best_epoch = score, epoch
+                done.epoch = epoch
+                # resume.pt before best.pt: a kill between the two leaves a state whose best epoch is
+                # its own, whose weights are then the best (see _best_fits)
+                save_resume_state(resume_path, run_id=rec.run_id, epoch=epoch, model=model, optimizer=opt, scheduler=sched,
+                                  best_score=done.best_score, best_epoch=done.best_epoch, first_loss=done.first_loss,
+                                  diverged=done.diverged)
+                if improved:
                     save_checkpoint(ckpt_dir / "best.pt", model, prepared.meta, spec, epoch=epoch, run_id=rec.run_id)
+                if prior is not None:  # this run's own state supersedes its predecessor's (large: optimiser state)
+                    (store.checkpoint_dir(prior.run_id) / RESUME_FILE).unlink(missing_ok=True)
                 info = " ".join(f"val {k} {v:.4f}" for k, v in list(val.items())[:1])
                 if angle is not None and spec.kind != "pretrain":
                     info += f" angle {angle:.1f}"
                 progress.update(epochs, advance=1, info=info)
+                if on_epoch is not None:
+                    on_epoch(epoch)
+        best_epoch, best_score = done.best_epoch, done.best_score
         rec.add_checkpoint("last", ckpt_dir / "last.pt", epoch=spec.epochs)
         if best_epoch:
             rec.add_checkpoint("best", ckpt_dir / "best.pt", epoch=best_epoch, metric=best_score)
@@ -263,6 +432,10 @@ def run_training(spec: TrainSpec, store: Store, *, console: Console | None = Non
         for metric, value in test.items():
             rec.log_evaluation(metric, value, split="test", params={"checkpoint": select})
         rec.set_summary(selected=select if best_epoch or select == "last" else "last", best_epoch=best_epoch or None, **{f"test_{k}": v for k, v in test.items()})
+        # finished: nothing left to resume (the files hold optimiser state: large)
+        resume_path.unlink(missing_ok=True)
+        if prior is not None:
+            (store.checkpoint_dir(prior.run_id) / RESUME_FILE).unlink(missing_ok=True)
         if console is not None and not quiet:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in test.items())
             head = f", {prepared.head} head" if prepared.head else ""

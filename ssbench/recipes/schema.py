@@ -1,0 +1,193 @@
+"""The recipe file: a typed grid of pretrain -> finetune(rules) -> attack -> report.
+
+`load_recipe` parses YAML into a `Recipe` (pydantic, unknown keys are errors); `plan` (plan.py)
+turns it into the job graph executors run. `tags: [...]` label every run the recipe creates (tags
+are part of each run's configuration, like the recipe name).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ssbench.errors import SpecError
+from ssbench.specs import (
+    DataSpec,
+    EpsPreset,
+    GradientMode,
+    HashSpec,
+    ModelSpec,
+    OptimSpec,
+    RuleSpec,
+    Spec,
+    coerce_eps,
+)
+
+
+class TrainStage(Spec):
+    """Training options shared by the pretrain and finetune stages (data/model default to the recipe's)."""
+
+    data: DataSpec | None = None
+    optim: OptimSpec = OptimSpec()
+    epochs: int = Field(default=3, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    task: Literal["classification", "hashing"] = "classification"
+    hashing: HashSpec | None = None
+    select: Literal["best", "last"] = "best"
+    deterministic: bool = False
+    track_grad_alignment: bool = False
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` on top of `base`, mappings merged key by key (a rule's `optim: {lr: 1e-4}` keeps the
+    stage's momentum and schedule)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class RuleEntry(Spec):
+    """One rule of the fine-tune stage and the training-stage fields it changes for itself
+    (`{name: dfa, optim: {lr: 1.0e-4}}`): they reach that rule's jobs and their config hashes."""
+
+    rule: RuleSpec
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+
+class FinetuneStage(TrainStage):
+    rules: tuple[RuleEntry, ...] = Field(min_length=1)
+    from_scratch: bool = Field(default=False, description="train each rule from scratch (no pretrain stage)")
+    reset_head: bool | None = None
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _split_entries(cls, v: Any) -> Any:
+        """`bp` or `{name: ifa, theta: 30, epochs: 5}` -> rule fields and stage overrides."""
+        if not isinstance(v, list | tuple):
+            return v
+        rule_keys, stage_keys = set(RuleSpec.model_fields), set(TrainStage.model_fields)
+        out = []
+        for i, entry in enumerate(v):
+            if isinstance(entry, str):
+                entry = {"name": entry}
+            if not isinstance(entry, dict) or "rule" in entry:
+                out.append(entry)
+                continue
+            unknown = sorted(set(entry) - rule_keys - stage_keys)
+            if unknown:
+                raise ValueError(f"rule entry {i}: unknown key {unknown[0]!r} (rule fields: {', '.join(sorted(rule_keys))}; "
+                                 f"training-stage fields: {', '.join(sorted(stage_keys))})")
+            out.append({"rule": {k: x for k, x in entry.items() if k in rule_keys},
+                        "overrides": {k: x for k, x in entry.items() if k in stage_keys}})
+        return out
+
+    @model_validator(mode="after")
+    def _overrides_validate(self) -> FinetuneStage:
+        for entry in self.rules:
+            try:
+                self.for_rule(entry)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"rule {entry.name}: {where}: {first['msg']}") from None
+        return self
+
+    def for_rule(self, entry: RuleEntry) -> TrainStage:
+        """The training stage as this rule's jobs run it."""
+        if not entry.overrides:
+            return self
+        base = self.model_dump(exclude={"rules", "from_scratch", "reset_head"}, exclude_unset=False)
+        return TrainStage.model_validate(_merge(base, entry.overrides))
+
+
+class AttackStage(Spec):
+    suite: Literal["whitebox", "blackbox", "hashing", "all"] = "whitebox"
+    attacks: tuple[str, ...] | None = None
+    modes: tuple[GradientMode, ...] = ("feedback", "exact")
+    eps: tuple[float, ...] | EpsPreset = "paper"
+    n_examples: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=256, ge=1)
+    steps: int | None = None
+    loss: Literal["ce", "margin"] = Field(default="ce", description="fgsm/pgd loss: ce (the papers') or margin (non-saturating)")
+    transfer_optional: bool = Field(default=False, description="skip transfer mode with a note when no BP sibling exists")
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_fractions(cls, v: object) -> object:
+        return coerce_eps(v)
+
+
+class ReportStage(Spec):
+    formats: tuple[Literal["terminal", "markdown", "latex", "csv"], ...] = ("terminal",)
+    out: Path | None = None
+    plots: bool = True
+
+
+class Resources(Spec):
+    """What each job asks a parallel executor for. Not part of any job's configuration: the same
+    job gives the same numbers wherever it runs."""
+
+    cpus: float = Field(default=1, gt=0, description="CPU cores per job; the job's torch threads follow it")
+    gpus: float | None = Field(
+        default=None, ge=0,
+        description="GPUs per job; default 1 when the job runs on CUDA, else 0; a fraction shares a GPU")
+
+
+class Recipe(Spec):
+    name: str
+    description: str = ""
+    requires: tuple[Literal["gpu", "network"], ...] = ()
+    tags: tuple[str, ...] = Field(default=(), description="labels stored on every run (ssbench report --tag)")
+    seeds: tuple[int, ...] = (0,)
+    data: DataSpec = DataSpec()
+    models: tuple[ModelSpec, ...] = (ModelSpec(),)
+    train_limits: tuple[int | None, ...] = (None,)
+    device: str = "auto"
+    pretrain: TrainStage | None = None
+    finetune: FinetuneStage
+    attack: AttackStage | None = None
+    report: ReportStage | None = None
+    resources: Resources = Resources()
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _one_model(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict | str) else v
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Command-line changes for quick runs; they change the configs, so they make separate runs."""
+
+    epochs: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    n_examples: int | None = None
+    seeds: tuple[int, ...] | None = None
+    device: str | None = None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"recipe {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"recipe {path}: not valid YAML ({str(err).splitlines()[0]})") from err
+    if not isinstance(raw, dict):
+        raise SpecError(f"recipe {path}: expected a mapping at the top level")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"recipe {path}: {where}: {first['msg']}") from err
