@@ -149,7 +149,7 @@ def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_pa
     assert _no_ray_left()
 
 
-def test_unknown_executor_and_unreachable_cluster_are_one_line(tmp_path: Path) -> None:
+def test_unknown_executor_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "r.yaml").write_text(TINY)
     res = _cli("run", str(tmp_path / "r.yaml"), "--executor", "slurm")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
