@@ -57,9 +57,21 @@ def _finished(url: str) -> dict[tuple[str, str], list]:
     return out
 
 
-def _no_ray_left() -> bool:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return not any(("raylet" in line or "gcs_server" in line) for line in ps.splitlines())
+def _ray_daemons() -> set[int]:
+    """pids of Ray's raylet and GCS processes on this machine."""
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return {int(line.split(None, 1)[0]) for line in ps.splitlines() if "raylet" in line or "gcs_server" in line}
+
+
+@pytest.fixture
+def no_ray_left():  # noqa: ANN201
+    """Fails the test if a Ray daemon started during it outlives it (another cluster may run here)."""
+    before = _ray_daemons()
+    yield
+    deadline = time.monotonic() + 15  # ray.shutdown() signals them; give them a moment to exit
+    while (left := _ray_daemons() - before) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not left, f"Ray daemons {sorted(left)} outlived the command"
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +90,8 @@ def test_local_grid_finishes_every_job_once(local_result: dict) -> None:
     assert all(len(v) == 1 for v in local_result.values())
 
 
-def test_ray_executor_same_jobs_and_numbers_as_local(local_result: dict, store_url: str, tmp_path: Path) -> None:
+def test_ray_executor_same_jobs_and_numbers_as_local(local_result: dict, store_url: str, tmp_path: Path,
+                                                    no_ray_left: None) -> None:
     (tmp_path / "r.yaml").write_text(TINY)
     res = _cli("run", str(tmp_path / "r.yaml"), "--executor", "ray", "--db", store_url,
                "--artifacts", str(tmp_path / "art"), "--no-report")
@@ -87,7 +100,6 @@ def test_ray_executor_same_jobs_and_numbers_as_local(local_result: dict, store_u
     ray_result = _finished(store_url)
     # job identity does not depend on the order Ray numbered the runs in; deterministic numbers agree
     assert ray_result == local_result
-    assert _no_ray_left(), "the local Ray cluster outlived the command"
     # a second driver afterwards runs nothing
     again = _cli("run", str(tmp_path / "r.yaml"), "--executor", "ray", "--db", store_url,
                  "--artifacts", str(tmp_path / "art"), "--no-report")
@@ -113,7 +125,7 @@ def test_two_drivers_at_once_run_each_job_exactly_once(store_url: str, tmp_path:
     store.close()
 
 
-def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_path: Path) -> None:
+def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_path: Path, no_ray_left: None) -> None:
     url = f"sqlite:///{tmp_path / 'results.db'}"
     # one long pretrain (many epochs) to kill mid-way; the rest as usual
     (tmp_path / "r.yaml").write_text(TINY.replace("pretrain: {epochs: 2", "pretrain: {epochs: 40"))
@@ -146,7 +158,6 @@ def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_pa
     # the retry continued the killed attempt's training rather than starting over
     assert runs[1].summary["resumed_from"]["run"] == runs[0].id and runs[1].summary["resumed_from"]["epoch"] >= 1
     store.close()
-    assert _no_ray_left()
 
 
 def test_unknown_executor_is_one_line(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
     def run(
         recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="recipe YAML, e.g. recipes/quickstart.yaml")],
         executor: Annotated[str, typer.Option(help="local: jobs one after the other in this process; ray: in parallel on Ray")] = "local",
-        address: Annotated[str | None, typer.Option(help="ray: join this cluster (HOST:PORT of `ray start --head`) [default: start a local Ray]")] = None,
+        address: Annotated[str | None, typer.Option(envvar="RAY_ADDRESS", help="ray: join this cluster (HOST:PORT of `ray start --head`) [default: start a local Ray]")] = None,
         cpus_per_job: Annotated[float | None, typer.Option(help="ray: CPU cores per job (= its torch threads) [default: the recipe's, 1]")] = None,
         gpus_per_job: Annotated[float | None, typer.Option(help="ray: GPUs per job; fractions share a GPU [default: 1 on CUDA, else 0]")] = None,
         retries: Annotated[int, typer.Option(min=0, help="ray: reruns of a job whose worker died (SIGKILL, OOM, node lost)")] = 2,

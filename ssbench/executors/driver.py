@@ -77,6 +77,7 @@ def execute(plan: Plan, store: Any, executor: Executor, *, log: Log, poll_s: flo
 
     def settle(job: Job, outcome: Outcome, event: str) -> None:
         out[job.key] = outcome
+        retry_at.pop(job.key, None)
         log(event, job, outcome, len(out), total)
 
     def started(task: Task, where: str) -> None:
@@ -107,6 +108,7 @@ def execute(plan: Plan, store: Any, executor: Executor, *, log: Log, poll_s: flo
                         announced.add(job.key)
                         log("held", job, Outcome("busy", where=f"{row.host}:{row.pid}"), len(out), total)
                     continue
+                retry_at.pop(job.key, None)
                 executor.submit(task)
                 running.add(job.key)
             if not running:

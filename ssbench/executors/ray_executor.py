@@ -67,8 +67,9 @@ class RayExecutor:
             import torch
 
             # this machine's cores and GPUs; the driver only waits, so every core goes to jobs
-            ray.init(num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(), include_dashboard=False,
-                     log_to_driver=False)
+            # "local": a new instance even where another Ray runs on this machine (never join it unasked)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=torch.cuda.device_count(),
+                     include_dashboard=False, log_to_driver=False)
             self._started_here = True
         self._gpus = float(ray.cluster_resources().get("GPU", 0.0))
         self._remote = ray.remote(_run_in_worker)
