@@ -275,3 +275,17 @@ def test_per_rule_override_errors_are_one_line(tmp_path: Path, entry: str, messa
     with pytest.raises(SpecError, match="^recipe .*finetune") as err:
         load_recipe(p)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args", [["run", "RECIPE", "--seeds", "abc"], ["pretrain", "--model", "mlp", "--hidden", "abc"],
+                                  ["train", "--scheduler", "multistep", "--milestones", "x,y"]])
+def test_lists_of_numbers_are_one_line_errors(tmp_path: Path, args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from ssbench.cli import app
+
+    p = tmp_path / "r.yaml"
+    p.write_text(THREE_RULES)
+    res = CliRunner().invoke(app, [str(p) if a == "RECIPE" else a for a in args])
+    assert res.exit_code == 2 and "expected whole numbers separated by commas" in res.output
+    assert res.output.strip().count("\n") == 0

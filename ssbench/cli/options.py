@@ -44,6 +44,16 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
     return tuple(out)
 
 
+def parse_ints(text: str | None, option: str, example: str = "0,1,2") -> tuple[int, ...] | None:
+    """'0,1,2' -> (0, 1, 2); None or blank -> None; anything else is one line naming the option."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise SpecError(f"{option} {text!r}: expected whole numbers separated by commas, e.g. {example}") from None
+
+
 def parse_floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())

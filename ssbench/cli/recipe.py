@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ssbench.cli.options import Artifacts, Db, Quiet
+from ssbench.cli.options import Artifacts, Db, Quiet, parse_ints
 
 
 def _plan_table(plan, states) -> Table:  # noqa: ANN001
@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
         recipe = load_recipe(recipe_path)
         ov = Overrides(
             epochs=epochs, train_limit=train_limit, test_limit=test_limit, n_examples=n_examples, device=device,
-            seeds=tuple(int(s) for s in seeds.split(",")) if seeds else None,
+            seeds=parse_ints(seeds, "--seeds"),
         )
         resources = recipe.resources.model_copy(update={k: v for k, v in {"cpus": cpus_per_job, "gpus": gpus_per_job}.items()
                                                         if v is not None})

@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats
+from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats, parse_ints
 from ssbench.errors import SpecError
 from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 
@@ -40,7 +40,7 @@ _HELP = {
 def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: str | None, db: str | None,
                    artifacts: Path | None = None) -> ModelSpec:
     """Model name and widths as given; a fine-tune without --model takes its source's architecture."""
-    widths = tuple(int(h) for h in hidden.split(",")) if hidden else None
+    widths = parse_ints(hidden, "--hidden", example="256,256")
     if model is not None:
         return ModelSpec(name=model, hidden=widths)
     if kind == "finetune" and source is not None:
@@ -64,10 +64,7 @@ def _optim(name: str, lr: float, head_lr: float | None, momentum: float, nestero
             raise SpecError(f"--betas {betas!r}: give two numbers, e.g. 0.9,0.999")
         given["betas"] = b
     if milestones is not None:
-        try:
-            given["milestones"] = tuple(int(m) for m in milestones.split(",") if m.strip())
-        except ValueError:
-            raise SpecError(f"--milestones {milestones!r}: give epochs, e.g. 30,60") from None
+        given["milestones"] = parse_ints(milestones, "--milestones", example="30,60") or ()
     try:
         return OptimSpec(
             name=name, lr=lr, head_lr=head_lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,  # type: ignore[arg-type]
