@@ -316,3 +316,19 @@ def test_training_job_inits_from_scratch_and_finetune_keeps_W(tmp_path: Path) ->
         torch.testing.assert_close(a, b, rtol=0, atol=1e-9, msg=n)  # the checkpoint's W, not a re-init
     for _, layer in feedback_layers(ft):
         assert float(layer.feedback_tensor().abs().max()) <= _bound(layer.weight) * (1 + 1e-6)
+
+
+def test_cli_init_option_reaches_the_run(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ssbench.cli import app
+    from ssbench.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    args = ["train", "--dataset", "digits", "--model", "mlp", "--rule", "fa", "--epochs", "1", "-q", "--db", url,
+            "--train-limit", "200"]
+    ok = CliRunner().invoke(app, [*args, "--init", "xavier"])
+    assert ok.exit_code == 0, ok.output
+    assert open_store(url).list_runs()[0].config["rule"]["init"] == "xavier"
+    bad = CliRunner().invoke(app, [*args, "--init", "he"])
+    assert bad.exit_code == 2 and "init" in bad.output and bad.output.strip().count("\n") == 0

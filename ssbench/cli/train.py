@@ -89,6 +89,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         torchvision_weights: Annotated[bool, typer.Option("--torchvision-weights", help="start from torchvision's ImageNet weights (needs a network)")] = False,
         rule: Annotated[str, typer.Option("--rule", "-r", hidden=is_pretrain, help="bp, fa, dfa, usf, frsf, brsf, ifa")] = "bp",
         theta: Annotated[float | None, typer.Option(hidden=is_pretrain, help="ifa: initial angle between W and B, degrees (0 = BP at start, 90 = FA)")] = None,
+        init: Annotated[str, typer.Option(help="default, or xavier: BioTorch's initialisation (W re-initialised Xavier-uniform when training from scratch, B drawn Xavier-uniform; docs/rules.md)")] = "default",
         source: Annotated[str | None, typer.Option("--from", hidden=not_finetune, help="run id or checkpoint path to fine-tune")] = None,
         task: Annotated[str, typer.Option(help="classification or hashing")] = "classification",
         bits: Annotated[int, typer.Option(help="hashing: code length")] = 32,
@@ -140,7 +141,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
                 download=download,
             ),
             model=_resolve_model(kind, model, hidden, source, db, artifacts).model_copy(update={"pretrained": torchvision_weights}),
-            rule=RuleSpec(name=rule, theta=theta),  # type: ignore[arg-type]
+            rule=RuleSpec(name=rule, theta=theta, init=init),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
             epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
