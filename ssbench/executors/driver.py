@@ -98,9 +98,9 @@ def execute(plan: Plan, store: Any, executor: Executor, *, log: Log, poll_s: flo
                     settle(job, Outcome("skipped", error=why), "skipped")
                     continue
                 task = Task.of(job, {k: o.run_id for k, o in out.items() if o.run_id is not None}, store)
-                state, row = claims.claim_state(store, task.kind, task.config_hash)
+                state, row, run_id = claims.claim_state(store, task.kind, task.config_hash)
                 if state == "done":
-                    settle(job, Outcome("done", store.find_finished(task.kind, task.config_hash).id), "done")
+                    settle(job, Outcome("done", run_id), "done")
                     continue
                 if state == "running":  # a live worker of another driver: never run it twice
                     retry_at[job.key] = now + poll_s

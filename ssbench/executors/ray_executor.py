@@ -91,7 +91,7 @@ class RayExecutor:
     def _announce_started(self) -> None:
         """Ray does not say when a task starts; its claim in the store does."""
         for key, task in list(self._unstarted.items()):
-            state, row = claims.claim_state(self.store, task.kind, task.config_hash)
+            state, row, _ = claims.claim_state(self.store, task.kind, task.config_hash)
             if state in ("running", "done") and row is not None:
                 del self._unstarted[key]
                 self._on_start(task, f"{row.host}:{row.pid}")

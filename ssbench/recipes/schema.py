@@ -41,6 +41,12 @@ class TrainStage(Spec):
     track_grad_alignment: bool = False
 
 
+def first_error(err: ValidationError) -> str:
+    """`where.in.the.file: message` of a validation error's first complaint."""
+    first = err.errors()[0]
+    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """`over` on top of `base`, mappings merged key by key (a rule's `optim: {lr: 1e-4}` keeps the
     stage's momentum and schedule)."""
@@ -95,9 +101,7 @@ class FinetuneStage(TrainStage):
             try:
                 self.for_rule(entry)
             except ValidationError as err:
-                first = err.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"rule {entry.name}: {where}: {first['msg']}") from None
+                raise ValueError(f"rule {entry.name}: {first_error(err)}") from None
         return self
 
     def for_rule(self, entry: RuleEntry) -> TrainStage:
@@ -188,6 +192,4 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise SpecError(f"recipe {path}: {where}: {first['msg']}") from err
+        raise SpecError(f"recipe {path}: {first_error(err)}") from err

@@ -25,11 +25,10 @@ def plan_state(plan: Plan, store: Any) -> dict[str, JobState]:
             states[job.key] = JobState("waits", detail=f"for #{plan.number(job.source)}")
             continue
         key = store.job_hash(job.resolve(run_ids))
-        state, row = claims.claim_state(store, job.kind, key)
+        state, row, run_id = claims.claim_state(store, job.kind, key)
         if state == "done":
-            run = store.find_finished(job.kind, key)
-            run_ids[job.key] = int(run.id)
-            states[job.key] = JobState("done", int(run.id))
+            run_ids[job.key] = run_id
+            states[job.key] = JobState("done", run_id)
         elif state == "running":
             states[job.key] = JobState("claimed", detail=f"by live worker {row.host}:{row.pid}")
         elif state == "stale":

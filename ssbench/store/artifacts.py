@@ -62,7 +62,8 @@ def resolve(stored: str | Path, root: Path, *, run_id: int | None = None) -> Pat
     return p
 
 
-def sha256_of(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks: what the store records and checks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -77,7 +78,7 @@ def verify(path: Path, expected: str | None, name: str) -> Path:
     if not path.is_file():
         raise ArtifactError(f"{name} is missing; restore the file, or pass the folder it lives in as --artifacts")
     if expected:
-        actual = sha256_of(path)
+        actual = file_sha256(path)
         if actual != expected:
             raise ArtifactError(f"{name} changed since it was recorded (sha256 mismatch): stored {expected}, actual {actual}")
     return path

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -71,18 +72,24 @@ def holder_alive(row: Claim, ttl: float | None = None) -> bool:
     return True
 
 
-def claim_state(store, kind: str, config_hash: str) -> tuple[str, Claim | None]:  # noqa: ANN001
-    """('done' | 'running' | 'stale' | 'failed' | 'new', row) without taking anything."""
+class ClaimState(NamedTuple):
+    state: str  # done | running | stale | failed | new
+    row: Claim | None
+    run_id: int | None = None  # the finished run, when done
+
+
+def claim_state(store, kind: str, config_hash: str) -> ClaimState:  # noqa: ANN001
+    """Where a job stands, without taking anything."""
     with store.session() as s:
         row = s.scalars(select(Claim).where(Claim.kind == kind, Claim.config_hash == config_hash)).first()
     finished = store.find_finished(kind, config_hash)
     if finished is not None:
-        return "done", row
+        return ClaimState("done", row, int(finished.id))
     if row is None:
-        return "new", None
+        return ClaimState("new", None)
     if row.status == "running":
-        return ("running" if holder_alive(row) else "stale"), row
-    return row.status, row
+        return ClaimState("running" if holder_alive(row) else "stale", row)
+    return ClaimState(row.status, row)
 
 
 class Lease:

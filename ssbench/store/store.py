@@ -26,6 +26,7 @@ from sqlalchemy.orm import aliased, sessionmaker
 
 from ssbench.errors import RunNotFoundError
 from ssbench.store import artifacts as _artifacts
+from ssbench.store.artifacts import file_sha256
 from ssbench.store.engine import default_home, make_engine, migrate, resolve_url, sqlite_file
 from ssbench.store.models import (
     Alignment,
@@ -92,14 +93,6 @@ def config_hash(config: BaseModel | dict[str, Any]) -> str:
     """sha256 of the canonical JSON of a spec: equal configurations hash equal (recipe resume)."""
     data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
     return hashlib.sha256(canonical_json(data).encode()).hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @lru_cache(maxsize=8)
