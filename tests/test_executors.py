@@ -128,7 +128,7 @@ def test_two_drivers_at_once_run_each_job_exactly_once(store_url: str, tmp_path:
 def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_path: Path, no_ray_left: None) -> None:
     url = f"sqlite:///{tmp_path / 'results.db'}"
     # one long pretrain (many epochs) to kill mid-way; the rest as usual
-    (tmp_path / "r.yaml").write_text(TINY.replace("pretrain: {epochs: 2", "pretrain: {epochs: 40"))
+    (tmp_path / "r.yaml").write_text(TINY.replace("pretrain: {epochs: 2", "pretrain: {epochs: 300"))
     driver = subprocess.Popen([*SSBENCH, "run", str(tmp_path / "r.yaml"), "--executor", "ray", "--db", url, "--no-report"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "COLUMNS": "200"})
@@ -138,10 +138,12 @@ def test_sigkilled_worker_is_retried_and_the_killed_attempt_marked_failed(tmp_pa
     while victim is None and time.monotonic() < deadline and driver.poll() is None:
         with store.session() as s:
             row = s.scalars(select(Claim).where(Claim.kind == "pretrain", Claim.status == "running")).first()
-        # kill once the job has really started (its run row wrote an epoch)
-        if row is not None and store.list_runs(kind="pretrain") and store.frame_metrics(kind="pretrain").shape[0] > 0:
+        # kill once epoch 2 is logged: epoch 1's resume state is then on disk (it is written after
+        # epoch 1's rows), so the retry has something to resume from
+        metrics = store.frame_metrics(kind="pretrain")
+        if row is not None and len(metrics) and metrics.epoch.max() >= 2:
             victim = row.pid
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert victim is not None, "the pretrain job never started"
     os.kill(victim, signal.SIGKILL)
     out, err = driver.communicate(timeout=600)
