@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from ssbench.cli import app
 
 os.environ["COLUMNS"] = "100"
-COMMANDS = [[], ["pretrain"], ["finetune"], ["train"], ["attack"], ["analyze", "hessian"], ["analyze", "corruptions"],
+COMMANDS = [[], ["pretrain"], ["finetune"], ["train"], ["attack"], ["analyze", "hessian"], ["analyze", "corruptions"], ["analyze", "trainability"],
             ["report"], ["runs"], ["show"], ["run"], ["rules"]]
 
 

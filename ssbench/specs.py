@@ -7,7 +7,7 @@ in a recipe fails loudly instead of silently using a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -26,7 +26,20 @@ GRADIENT_MODES: tuple[GradientMode, ...] = ("feedback", "exact", "transfer")
 
 
 class Spec(BaseModel):
+    """Base of every spec. `LATE_FIELDS` names fields added after runs were stored: they are left out
+    of dumps while they hold their default, so the stored configs and config hashes of runs made
+    before a field existed stay what they were (a missing field reads back as its default)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_late_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self.LATE_FIELDS:
+            if name in data and getattr(self, name) == type(self).model_fields[name].default:
+                data.pop(name)
+        return data
 
 
 class DataSpec(Spec):
@@ -54,30 +67,50 @@ class ModelSpec(Spec):
 
 
 class RuleSpec(Spec):
+    LATE_FIELDS = ("init", "weight_var", "feedback_var")
+
     name: RuleName = "bp"
     theta: float | None = Field(default=None, ge=0.0, le=180.0, description="ifa: initial angle(W, B) in degrees")
     seed: int | None = Field(default=None, description="seed of the feedback weights; default: the run seed")
     skip: tuple[str, ...] = Field(default=(), description="module names (fnmatch patterns) kept exact")
-    init: Literal["default", "xavier"] = Field(
+    init: Literal["default", "xavier", "gaussian"] = Field(
         default="default",
         description="xavier: BioTorch's initialisation: W re-initialised Xavier-uniform (training from "
-        "scratch only) and B drawn Xavier-uniform; default: B scaled to the converted W",
+        "scratch only) and B drawn Xavier-uniform; gaussian: W ~ N(0, weight_var / fan_in) (from scratch "
+        "only) and B ~ N(0, feedback_var / fan_in); default: B scaled to the converted W",
     )
+    weight_var: float | None = Field(default=None, gt=0, description="init gaussian: W ~ N(0, weight_var / fan_in) "
+                                     "(1 = LeCun, 2 = He)")
+    feedback_var: float | None = Field(default=None, gt=0, description="init gaussian: the random feedback ~ "
+                                       "N(0, feedback_var / fan_in); default: weight_var (not bp, ifa)")
 
     @model_validator(mode="after")
     def _theta_only_for_ifa(self) -> RuleSpec:
         if self.theta is not None and self.name != "ifa":
             raise ValueError(f"theta is an ifa option, not one of rule {self.name!r}")
+        # filled in here, so a map cell given both variances and one given weight_var alone hash the same
+        object.__setattr__(self, "feedback_var", gaussian_feedback_var(self.name, self.init, self.weight_var, self.feedback_var))
         return self
 
-    @model_serializer(mode="wrap")
-    def _omit_default_init(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # init='default' is left out of dumps, so stored configs and config hashes of every run made
-        # before the field existed stay what they were (a missing init reads back as 'default')
-        data = handler(self)
-        if self.init == "default":
-            data.pop("init", None)
-        return data
+
+
+NO_RANDOM_FEEDBACK = ("bp", "ifa")  # B = W, and ifa's B: ||W_0|| at angle theta to W_0, whatever the init
+
+
+def gaussian_feedback_var(rule: str, init: str, weight_var: float | None, feedback_var: float | None) -> float | None:
+    """The feedback variance a rule with init gaussian draws from (default: weight_var; None for bp
+    and ifa, whose B follows W). Raises ValueError where the variances do not fit the init."""
+    if init != "gaussian":
+        if weight_var is not None or feedback_var is not None:
+            raise ValueError(f"weight_var and feedback_var are init gaussian options, not of init {init!r}")
+        return None
+    if weight_var is None:
+        raise ValueError("init gaussian needs weight_var (> 0; 1 = LeCun, 2 = He)")
+    if rule in NO_RANDOM_FEEDBACK:
+        if feedback_var is not None:
+            raise ValueError(f"feedback_var: rule {rule!r} has no random feedback to draw (its B follows W)")
+        return None
+    return weight_var if feedback_var is None else feedback_var
 
 
 class OptimSpec(Spec):
@@ -118,6 +151,8 @@ class HashSpec(Spec):
 class TrainSpec(Spec):
     """A training job: `pretrain` (BP backbone), `finetune` (rule, from a source), `train` (rule, from scratch)."""
 
+    LATE_FIELDS = ("keep_epochs",)
+
     kind: Literal["pretrain", "finetune", "train"] = "pretrain"
     task: Literal["classification", "hashing"] = "classification"
     data: DataSpec = DataSpec()
@@ -136,6 +171,8 @@ class TrainSpec(Spec):
     reset_head: bool | None = Field(default=None, description="new head; default: when the classes differ from the source's (other data set or class list)")
     track_alignment: bool = True
     track_grad_alignment: bool = False
+    keep_epochs: int = Field(default=0, ge=0, description="keep a checkpoint every N epochs, and the initial "
+                             "weights, for analyses over training (ssbench analyze trajectory); 0 = none")
     recipe: str | None = None
     tags: tuple[str, ...] = ()
 

@@ -45,3 +45,25 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'db' / 'results.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (`pytestmark = pytest.mark.usefixtures("one_thread")`): many tiny
+    products, where thread start-up and spin-waits dominate on a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def sqlite_store(tmp_path):  # noqa: ANN001, ANN201
+    """A fresh SQLite results store whose artifact root is the test's tmp_path."""
+    from ssbench.store import open_store
+
+    s = open_store(f"sqlite:///{tmp_path / 'results.db'}", artifacts=tmp_path)
+    yield s
+    s.close()

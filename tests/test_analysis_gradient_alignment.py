@@ -13,12 +13,7 @@ from ssbench.analysis.gradient_alignment import gradient_alignment
 from ssbench.rules import convert
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed: int = 0) -> nn.Module:

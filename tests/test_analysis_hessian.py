@@ -25,13 +25,7 @@ from ssbench.rules import convert
 from ssbench.specs import RULE_NAMES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # thousands of tiny products: thread start-up and spin-waits dominate on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 24
 EIGS = torch.tensor([9.0, 5.5, 3.0] + [-1.0 + 3.0 * i / (N - 4) for i in range(N - 3)], dtype=torch.float64)

@@ -19,23 +19,15 @@ from ssbench.data import load_data
 from ssbench.models import Normalized, build_model
 from ssbench.rules import convert
 from ssbench.specs import DataSpec, ModelSpec, RuleSpec, TrainSpec
-from ssbench.store import open_store
 from ssbench.training.checkpoint import ModelMeta, load_trained, model_from_checkpoint, read_checkpoint, save_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
-def store(tmp_path):
-    s = open_store(f"sqlite:///{tmp_path / 'results.db'}")
-    yield s
-    s.close()
+def store(sqlite_store):  # noqa: ANN001, ANN201
+    return sqlite_store
 
 
 def _train_run(store, rule: str = "fa") -> int:  # noqa: ANN001

@@ -144,40 +144,43 @@ def test_dfa_linear_B_l_is_xavier_of_its_shape() -> None:
     _assert_uniform(b2, _bound(b2))
 
 
-def _biotorch_effective_variance(c_in: int, k_out: int, ksize: int, stride: int, h: int, draws: int = 100) -> float:
-    """Mean per-entry variance of the dense feedback BioTorch's DFA conv applies, away from borders.
-
-    BioTorch draws a kernel (K, C_in, k, k) with xavier_uniform_ and sends conv2d_input(kernel, e
-    broadcast to every output position) to the layer's input. Row k of the dense matrix is that
-    input gradient for e = one-hot(k)."""
+def _biotorch_dense(c_in: int, k_out: int, ksize: int, stride: int, padding: int, h: int, draws: int) -> torch.Tensor:
+    """`draws` dense feedback matrices as BioTorch's DFA conv applies them: a xavier_uniform_ kernel
+    (K, C_in, k, k) and conv2d_input(kernel, e broadcast to every output position); row k of the
+    dense matrix is that input gradient for e = one-hot(k)."""
     g = torch.Generator().manual_seed(12)
-    ho = (h - ksize) // stride + 1
+    ho = (h + 2 * padding - ksize) // stride + 1
     e = torch.eye(k_out, dtype=torch.float64)[:, :, None, None].expand(k_out, k_out, ho, ho)
     rows = []
     for _ in range(draws):
         kernel = nn.init.xavier_uniform_(torch.empty(k_out, c_in, ksize, ksize, dtype=torch.float64), generator=g)
-        rows.append(torch.nn.grad.conv2d_input((k_out, c_in, h, h), kernel, e, stride=stride))
-    dense = torch.stack(rows)
-    m = ksize  # interior: every position covered by the full ksize / stride taps per dimension
-    inner = dense[..., m:h - m - (h - 2 * m) % stride, m:h - m - (h - 2 * m) % stride]
-    return float(inner.square().mean())
+        rows.append(torch.nn.grad.conv2d_input((k_out, c_in, h, h), kernel, e, stride=stride, padding=padding))
+    return torch.stack(rows)
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_dfa_conv_B_l_has_biotorch_effective_variance(stride: int) -> None:
-    c_in, k_out, ksize, h = 3, 10, 3, 24
+# (in channels, kernel, stride, padding, map size): a large map, stride 2, LeNet's conv3 on a 5x5 map
+# (1x1 output: one tap per input position, where the interior formula assumed 25), and padding
+@pytest.mark.parametrize("c_in, ksize, stride, padding, h", [
+    (3, 3, 1, 0, 24), (3, 3, 2, 0, 24), (16, 5, 1, 0, 5), (6, 5, 1, 2, 8),
+])
+def test_dfa_conv_B_l_has_biotorch_mean_effective_variance(c_in: int, ksize: int, stride: int, padding: int, h: int) -> None:
+    k_out = 10
     torch.manual_seed(7)
-    conv = nn.Conv2d(c_in, 8, ksize, stride=stride)
-    ho = (h - ksize) // stride + 1
+    conv = nn.Conv2d(c_in, 8, ksize, stride=stride, padding=padding)
+    ho = (h + 2 * padding - ksize) // stride + 1
     model = convert(nn.Sequential(nn.Conv2d(1, c_in, 1), conv, nn.Flatten(), nn.Linear(8 * ho * ho, k_out)),
                     _spec("dfa"), seed=SEED)
     (_, _), (_, b), (_, _) = _dfa_matrices(model, torch.randn(2, 1, h, h))
     assert b.shape == (k_out, c_in * h * h)
-    expected_var = _biotorch_effective_variance(c_in, k_out, ksize, stride, h)
-    # BioTorch's effective entries are sums of ~k^2/s^2 uniforms: compare the second moment only
-    assert float(b.double().square().mean()) == pytest.approx(expected_var, rel=0.06)
-    bound = math.sqrt(6.0 / ((c_in + k_out) * stride * stride))  # the documented choice
-    _assert_uniform(b, bound)
+    # independent: taps per input position = conv2d_input of an all-ones kernel and all-ones error
+    ones = torch.ones(1, 1, ksize, ksize, dtype=torch.float64)
+    taps = torch.nn.grad.conv2d_input((1, 1, h, h), ones, torch.ones(1, 1, ho, ho, dtype=torch.float64),
+                                      stride=stride, padding=padding).mean()
+    var = 2.0 * float(taps) / ((c_in + k_out) * ksize * ksize)  # BioTorch's mean entry variance, exactly
+    _assert_uniform(b, math.sqrt(3.0 * var))
+    # and BioTorch's own dense matrices, sampled, agree with it (entries are sums of uniforms: second moment)
+    sampled = float(_biotorch_dense(c_in, k_out, ksize, stride, padding, h, draws=400 if h < 10 else 60).square().mean())
+    assert sampled == pytest.approx(var, rel=0.06)
 
 
 # ------------------------------------------------------------------ forward weights

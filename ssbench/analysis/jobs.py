@@ -31,7 +31,7 @@ from ssbench.analysis.specs import CorruptionSpec, HessianSpec
 from ssbench.errors import SpecError
 
 
-def _progress(console: Console, quiet: bool) -> Progress:
+def progress_bar(console: Console, quiet: bool) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, disable=quiet)
 
@@ -55,7 +55,7 @@ def stack_examples(dataset: Any, indices: list[int], device: torch.device | str)
     return x, torch.as_tensor([int(t) for t in ys], dtype=torch.long, device=device)
 
 
-def _batches(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
+def batches_of(x: Tensor, y: Tensor, size: int) -> list[tuple[Tensor, Tensor]]:
     return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
 
@@ -70,7 +70,8 @@ def _load(store: Any, target: str, device_name: str) -> tuple[Any, torch.device]
     return trained, device
 
 
-def _run_kw(spec: HessianSpec | CorruptionSpec, trained: Any, device: torch.device) -> dict[str, Any]:
+def analysis_run_fields(spec: Any, trained: Any, device: torch.device) -> dict[str, Any]:
+    """The `store.run("analysis", ...)` fields of any analysis spec (seed, recipe, tags) of a trained run."""
     return dict(
         config=spec, seed=spec.seed, parent_id=trained.run.id if trained.run is not None else None,
         rule=trained.spec.rule.name, model=trained.spec.model.name, dataset=trained.spec.data.name,
@@ -103,16 +104,16 @@ def run_hessian(spec: HessianSpec, store: Any, *, console: Console | None = None
     indices = select_indices(len(dataset), spec.n_examples, spec.seed)
     x, y = stack_examples(dataset, indices, device)
     model = trained.model
-    op = model_hessian(model, _batches(x, y, spec.batch_size))
+    op = model_hessian(model, batches_of(x, y, spec.batch_size))
     common = {"n": len(indices), "split": spec.split, "params": op.dim}
     rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
 
-    with store.run("analysis", **_run_kw(spec, trained, device)) as rec:
+    with store.run("analysis", **analysis_run_fields(spec, trained, device)) as rec:
         loss = op.loss()
         rec.log_evaluation("hessian_loss", loss, split=spec.split, params=common)
         rows.append(("loss", f"{loss:.5g}"))
-        with _progress(console, quiet) as progress:
+        with progress_bar(console, quiet) as progress:
             with _phase(progress, op, "trace (Hutchinson)", spec.probes):
                 tr = hutchinson_trace(op, spec.probes, seed=spec.seed)
             rec.log_evaluation("hessian_trace", tr.mean, split=spec.split,
@@ -212,10 +213,10 @@ def run_corruptions(spec: CorruptionSpec, store: Any, *, console: Console | None
     severities = [s for s in spec.severities if s > 0]
     acc: dict[str, dict[int, float]] = {}
 
-    with store.run("analysis", **_run_kw(spec, trained, device)) as rec:
+    with store.run("analysis", **analysis_run_fields(spec, trained, device)) as rec:
         clean = float((_predict(model, x, spec.batch_size) == y).float().mean())
         rec.log_evaluation("accuracy", clean, params={"n": len(indices), "clean": True})
-        with _progress(console, quiet) as progress:
+        with progress_bar(console, quiet) as progress:
             for name in names:
                 task = progress.add_task(name, total=len(severities))
                 acc[name] = {}

@@ -52,3 +52,23 @@ class CorruptionSpec(Spec):
         if len(set(v)) != len(v):
             raise ValueError("severities repeat")
         return tuple(sorted(v))
+
+
+class TrajectorySpec(Spec):
+    """Curvature over training and the PCA weight trajectory of a run that kept its epochs."""
+
+    target: str = Field(description="run id of a trained run with kept epoch checkpoints (keep_epochs)")
+    split: Literal["train", "test"] = Field(default="train", description="examples the loss is averaged over")
+    n_examples: int = Field(default=512, ge=1, description="size of the fixed example set (seeded, as analyze hessian)")
+    batch_size: int = Field(default=256, ge=1)
+    hessian: bool = Field(default=True, description="trace and top eigenvalue at the analysed epochs")
+    probes: int = Field(default=100, ge=2, description="Hutchinson probes for the trace")
+    iters: int = Field(default=50, ge=2, description="Lanczos steps for the top eigenvalue")
+    every: int = Field(default=1, ge=1, description="Hessian at every N-th kept epoch (always the first and last)")
+    pca: bool = Field(default=True, description="weight trajectory on its first two principal directions")
+    points: int = Field(default=21, ge=3, description="loss grid: points per axis of the PCA plane")
+    margin: float = Field(default=0.25, ge=0, description="loss grid: extends the trajectory's extent by this share per side")
+    seed: int = 0
+    device: str = "auto"
+    recipe: str | None = None
+    tags: tuple[str, ...] = ()

@@ -10,7 +10,7 @@ from ssbench.cli.options import Artifacts, Db, Device, Quiet
 
 analyze_app = typer.Typer(
     name="analyze",
-    help="Analyse a trained run: loss curvature (Hessian) or accuracy under corruptions. Results are stored as an 'analysis' run.",
+    help="Analyse a trained run: loss curvature (Hessian), curvature and weights over training (trajectory), accuracy under corruptions. Results are stored as an 'analysis' run.",
     no_args_is_help=True,
 )
 
@@ -89,6 +89,48 @@ def corruptions(
     run_corruptions(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
 
+TRAJECTORY_HELP = (
+    "The course of training of a run that kept its weights per epoch (train with --keep-epochs N): "
+    "the Hessian trace (Hutchinson) and top eigenvalue (Lanczos) at every --every-th kept epoch, "
+    "computed as `analyze hessian` does on the same --n examples (so the last epoch's values equal "
+    "it on the final weights), and the weight trajectory projected on its first two principal "
+    "directions (PCA of theta_epoch - theta_final) with the loss on a --points x --points grid of "
+    "that plane around the path. Plotted by `ssbench report`.\n\n"
+    "Example: ssbench train --rule fa --model mlp --epochs 20 --keep-epochs 1 && "
+    "ssbench analyze trajectory 7 --n 512 --probes 50 --every 2"
+)
+
+
+@analyze_app.command("trajectory", help=TRAJECTORY_HELP)
+def trajectory(
+    run: Annotated[str, typer.Argument(help="run id (see `ssbench runs`) of a run trained with --keep-epochs")],
+    n: Annotated[int, typer.Option("--n", help="examples the loss is averaged over")] = 512,
+    probes: Annotated[int, typer.Option(help="Hutchinson probes for the trace")] = 100,
+    iters: Annotated[int, typer.Option(help="Lanczos steps for the top eigenvalue")] = 50,
+    every: Annotated[int, typer.Option(min=1, help="Hessian at every N-th kept epoch (and the first and last)")] = 1,
+    hessian: Annotated[bool, typer.Option("--hessian/--no-hessian", help="curvature at the analysed epochs")] = True,
+    pca: Annotated[bool, typer.Option("--pca/--no-pca", help="PCA trajectory and the loss plane around it")] = True,
+    points: Annotated[int, typer.Option(help="loss plane: points per axis")] = 21,
+    margin: Annotated[float, typer.Option(help="loss plane: widen the path's extent by this share per side")] = 0.25,
+    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    batch_size: Annotated[int, typer.Option(help="examples per batch")] = 256,
+    seed: Annotated[int, typer.Option(help="example selection and random probes")] = 0,
+    db: Db = None,
+    artifacts: Artifacts = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    from ssbench.analysis.specs import TrajectorySpec
+    from ssbench.analysis.trajectory import run_trajectory
+    from ssbench.store import open_store
+
+    spec = TrajectorySpec(
+        target=run, n_examples=n, probes=probes, iters=iters, every=every, hessian=hessian, pca=pca, points=points,
+        margin=margin, split=split, batch_size=batch_size, seed=seed, device=device,
+    )
+    run_trajectory(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+
+
 @analyze_app.command("list-corruptions", help="The registered corruptions and what severity scales.")
 def list_corruptions() -> None:
     from rich.table import Table
@@ -102,6 +144,58 @@ def list_corruptions() -> None:
         c = CORRUPTIONS.get(name)
         table.add_row(name, c.family, ", ".join(f"{p:g}" for p in c.params), c.help)
     Console().print(table)
+
+
+TRAINABILITY_HELP = (
+    "The trainability map (IFA paper, Fig. 3a): final training accuracy of --rule trained from scratch "
+    "on a grid of initial variances, W ~ N(0, weight_var / fan_in) (columns) and the random feedback "
+    "~ N(0, feedback_var / fan_in) (rows); 1 = LeCun, 2 = He. Every cell is an ordinary `train` run "
+    "(init gaussian); cells already in the store are reused. A cell whose loss turns non-finite scores "
+    "chance accuracy, marked x.\n\n"
+    "Example: ssbench analyze trainability --rule fa --model mlp --hidden 256,256,256 "
+    "--weight-vars 0.5,1,2,4 --feedback-vars 0.5,1,2,4 --epochs 2 --train-limit 2000"
+)
+
+
+@analyze_app.command("trainability", help=TRAINABILITY_HELP)
+def trainability(
+    rule: Annotated[str, typer.Option("--rule", "-r", help="fa, dfa, usf, frsf, brsf (a rule with random feedback)")] = "fa",
+    weight_vars: Annotated[str, typer.Option(help="forward variances x fan_in (columns)")] = "0.5,1,2,4",
+    feedback_vars: Annotated[str, typer.Option(help="feedback variances x fan_in (rows)")] = "0.5,1,2,4",
+    model: Annotated[str, typer.Option("--model", "-m", help="model name (see `ssbench train --help`)")] = "mlp",
+    hidden: Annotated[str | None, typer.Option(help="mlp hidden widths [default: 256,256,256 for mlp]")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="data set name")] = "fashion-mnist",
+    classes: Annotated[str | None, typer.Option(help="class subset, e.g. 0-4")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="use only N training images")] = None,
+    test_limit: Annotated[int | None, typer.Option(help="evaluate each cell on N test images")] = None,
+    val_fraction: Annotated[float, typer.Option(help="share of train held out (the map reads training accuracy: none needed)")] = 0.0,
+    epochs: Annotated[int, typer.Option("--epochs", "-e", min=1)] = 2,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 128,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam, adamw")] = "sgd",
+    lr: Annotated[float, typer.Option(help="learning rate")] = 0.01,
+    momentum: Annotated[float, typer.Option(help="sgd momentum")] = 0.9,
+    seed: Annotated[int, typer.Option("--seed", "-s", help="seed of every cell (data order, W and B draws)")] = 0,
+    tag: Annotated[list[str] | None, typer.Option(help="label the map and its cells (repeatable)")] = None,
+    db: Db = None,
+    artifacts: Artifacts = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+) -> None:
+    from ssbench.analysis.trainability import TrainabilitySpec, run_trainability
+    from ssbench.cli.options import parse_classes, parse_floats, parse_ints
+    from ssbench.specs import DataSpec, ModelSpec, OptimSpec
+    from ssbench.store import open_store
+
+    widths = parse_ints(hidden, "--hidden", example="256,256")
+    spec = TrainabilitySpec(
+        rule=rule, model=ModelSpec(name=model, hidden=widths if widths or model != "mlp" else (256, 256, 256)),  # type: ignore[arg-type]
+        data=DataSpec(name=dataset, classes=parse_classes(classes), train_limit=train_limit, test_limit=test_limit,
+                      val_fraction=val_fraction),
+        weight_vars=parse_floats(weight_vars), feedback_vars=parse_floats(feedback_vars), epochs=epochs,
+        batch_size=batch_size, optim=OptimSpec(name=optimizer, lr=lr, momentum=momentum),  # type: ignore[arg-type]
+        seed=seed, device=device, tags=tuple(tag or ()),
+    )
+    run_trainability(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,9 @@ import typer
 
 from ssbench.cli.options import Artifacts, Db
 
-TableName = Literal["clean", "robust", "alignment", "hashing", "hessian", "corruptions", "sanity", "all"]
+# the names of ssbench.report.tables.TABLES, spelled out: importing that module here would load
+# pandas for every command (tests/test_report.py checks the two lists agree)
+TableName = Literal["clean", "robust", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity", "all"]
 FormatName = Literal["terminal", "markdown", "latex", "csv"]
 
 HELP = (
@@ -21,12 +23,14 @@ HELP = (
     "only if it survives every gradient mode (feedback, exact, transfer); alignment = angle(W, B) and "
     "|B|/|W| per layer before training and at the last epoch, and the rule-vs-true gradient angle when "
     "tracked; hashing = retrieval mAP@K and precision@K per rule x bits, and mAP under attack; "
-    "hessian = trace and top eigenvalue of the loss Hessian (ssbench analyze hessian); corruptions = "
+    "hessian = trace and top eigenvalue of the loss Hessian (ssbench analyze hessian); trajectory = loss, "
+    "Hessian trace and top eigenvalue per kept epoch (ssbench analyze trajectory); corruptions = "
     "accuracy per corruption x severity and the mean corruption accuracy (ssbench analyze corruptions); "
+    "trainability = final training accuracy over initial weight x feedback variances (ssbench analyze trainability); "
     "sanity = failed sanity checks. Numbers marked '!' rest on failed sanity checks.\n\n"
     "Only finished runs count. --out DIR writes one file per table (markdown .md, latex .tex, csv .csv) "
     "plus PNG + SVG plots (robustness, alignment, training curves, Hessian spectrum and loss surface, "
-    "accuracy vs corruption severity); without --out tables go to the terminal / stdout.\n\n"
+    "curvature over training and PCA weight trajectories, accuracy vs corruption severity, trainability heatmap); without --out tables go to the terminal / stdout.\n\n"
     "Examples: ssbench report --recipe quickstart | "
     "ssbench report --format latex --out paper/ --dataset fashion-mnist | "
     "ssbench report --table robust --rule fa --format csv > fa.csv"

@@ -89,7 +89,9 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         torchvision_weights: Annotated[bool, typer.Option("--torchvision-weights", help="start from torchvision's ImageNet weights (needs a network)")] = False,
         rule: Annotated[str, typer.Option("--rule", "-r", hidden=is_pretrain, help="bp, fa, dfa, usf, frsf, brsf, ifa")] = "bp",
         theta: Annotated[float | None, typer.Option(hidden=is_pretrain, help="ifa: initial angle between W and B, degrees (0 = BP at start, 90 = FA)")] = None,
-        init: Annotated[str, typer.Option(help="default, or xavier: BioTorch's initialisation (W re-initialised Xavier-uniform when training from scratch, B drawn Xavier-uniform; docs/rules.md)")] = "default",
+        init: Annotated[str, typer.Option(help="default, xavier: BioTorch's initialisation (W re-initialised Xavier-uniform when training from scratch, B drawn Xavier-uniform), or gaussian: W ~ N(0, --weight-var / fan_in) from scratch, B ~ N(0, --feedback-var / fan_in) (docs/rules.md)")] = "default",
+        weight_var: Annotated[float | None, typer.Option(help="--init gaussian: variance x fan_in of W (1 = LeCun, 2 = He)")] = None,
+        feedback_var: Annotated[float | None, typer.Option(hidden=is_pretrain, help="--init gaussian: variance x fan_in of the random feedback [default: --weight-var; not bp, ifa]")] = None,
         source: Annotated[str | None, typer.Option("--from", hidden=not_finetune, help="run id or checkpoint path to fine-tune")] = None,
         task: Annotated[str, typer.Option(help="classification or hashing")] = "classification",
         bits: Annotated[int, typer.Option(help="hashing: code length")] = 32,
@@ -118,6 +120,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
         select: Annotated[str, typer.Option(help="best (on validation) or last epoch")] = "best",
         reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: new when the classes differ from the source's (other data set or class list), kept when they are the same]")] = None,
         track_grad_alignment: Annotated[bool, typer.Option(help="per epoch, angle between the rule's weight update and the true gradient")] = False,
+        keep_epochs: Annotated[int, typer.Option(min=0, help="keep the weights every N epochs (and before training, and the last epoch) for `ssbench analyze trajectory`; 0 = none")] = 0,
         tag: Annotated[list[str] | None, typer.Option(help="label the run (repeatable)")] = None,
         device: Device = "auto",
         db: Db = None,
@@ -141,12 +144,12 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
                 download=download,
             ),
             model=_resolve_model(kind, model, hidden, source, db, artifacts).model_copy(update={"pretrained": torchvision_weights}),
-            rule=RuleSpec(name=rule, theta=theta, init=init),  # type: ignore[arg-type]
+            rule=RuleSpec(name=rule, theta=theta, init=init, weight_var=weight_var, feedback_var=feedback_var),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
             epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
-            track_grad_alignment=track_grad_alignment, tags=tuple(tag or ()),
+            track_grad_alignment=track_grad_alignment, keep_epochs=keep_epochs, tags=tuple(tag or ()),
         )
         run_training(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
 

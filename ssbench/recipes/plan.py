@@ -86,7 +86,7 @@ def _stage_spec(stage: TrainStage, recipe: Recipe, ov: Overrides, **fields: Any)
     return TrainSpec(
         data=data, optim=stage.optim, epochs=ov.epochs or stage.epochs, batch_size=stage.batch_size, task=stage.task,
         hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
-        track_grad_alignment=stage.track_grad_alignment, device=ov.device or recipe.device, recipe=recipe.name,
+        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs, device=ov.device or recipe.device, recipe=recipe.name,
         tags=recipe.tags, **fields,
     )
 

@@ -39,6 +39,7 @@ class TrainStage(Spec):
     select: Literal["best", "last"] = "best"
     deterministic: bool = False
     track_grad_alignment: bool = False
+    keep_epochs: int = Field(default=0, ge=0, description="keep the weights every N epochs (analyze trajectory)")
 
 
 def first_error(err: ValidationError) -> str:

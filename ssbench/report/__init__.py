@@ -28,7 +28,9 @@ TITLES = {
     "hashing": "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
     "hashing_attacks": "Hashing: mAP under attack per bits x gradient mode x ε",
     "hessian": "Hessian of the loss (ssbench analyze hessian): Hutchinson trace, top eigenvalue (Lanczos), loss; mean ± std over seeds",
+    "trajectory": "Over training (ssbench analyze trajectory): loss, Hessian trace (Hutchinson) and top eigenvalue (Lanczos) at each analysed epoch's kept weights (epoch 0 = before training); mean ± std over seeds",
     "corruptions": "Accuracy under corruptions per severity (mean ± std over seeds); mean = over severities; 'all' = over corruptions (its mean is the mCA); clean = same examples uncorrupted",
+    "trainability": "Trainability map (ssbench analyze trainability): final training accuracy of rules trained from scratch with W ~ N(0, weight var / fan_in) and feedback ~ N(0, feedback var / fan_in) (1 = LeCun, 2 = He); mean ± std over seeds; x = non-finite loss (chance)",
     "sanity": "FAILED sanity checks (robustness claims above that depend on these are not supported)",
 }
 TERMINAL_NOTES = {"sanity": " (details per check: --format markdown or csv)"}
@@ -67,6 +69,8 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
         hessian_runs,
         labels_of,
         robust_table,
+        trajectory_planes,
+        trajectory_points,
     )
 
     labels = labels_of(store)
@@ -99,16 +103,34 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
             if sub["surface"].map(lambda p: isinstance(p, dict)).any():
                 fig = plots.plot_loss_surfaces(sub, title=f"loss surface along the top two eigenvectors: {where}")
                 files += plots.save_figure(fig, out, _slug("loss_surface", model, dataset, split))
+    traj = trajectory_points(store, f, labels)
+    if not traj.empty:
+        for (model, dataset, split), sub in traj.groupby(["model", "dataset", "split"], sort=False, dropna=False):
+            fig = plots.plot_curvature_over_training(sub, title=f"curvature over training: {model} on {dataset} ({split} loss)")
+            files += plots.save_figure(fig, out, _slug("curvature_over_training", model, dataset, split))
+    planes = trajectory_planes(store, f, labels)
+    if not planes.empty:
+        for (model, dataset, split), sub in planes.groupby(["model", "dataset", "split"], sort=False, dropna=False):
+            fig = plots.plot_trajectories(sub, title=f"weight trajectories (PCA) over the loss: {model} on {dataset} ({split} loss)")
+            files += plots.save_figure(fig, out, _slug("trajectory", model, dataset, split))
     corr = corruption_table(store, f, labels)
     if not corr.empty:
         for (model, dataset, bits), sub in corr.groupby(figure_keys, sort=False, dropna=False):
             fig = plots.plot_corruptions(sub, title=f"accuracy under corruptions: {_on(model, dataset, bits)}")
             files += plots.save_figure(fig, out, _slug("corruptions", model, dataset, _bits(bits)))
+    from ssbench.report.tables import trainability_table
+
+    train_map = (tables or {}).get("trainability")
+    train_map = trainability_table(store, f, labels) if train_map is None else train_map
+    for (rule, model, dataset, variant), sub in train_map.groupby(["rule", "model", "dataset", "variant"], sort=False, dropna=False):
+        shown = "" if variant is None or pd.isna(variant) or variant == "" else f" [{variant}]"
+        fig = plots.plot_trainability(sub, title=f"trainability of {rule}{shown}: {model} on {dataset}")
+        files += plots.save_figure(fig, out, _slug("trainability", rule, model, dataset, shown.strip(" []") or None))
     return files
 
 
 # columns a terminal leaves out when even means-only rows do not fit (the files keep them)
-TERMINAL_SPARE = {"alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "clean": ("seeds",),
+TERMINAL_SPARE = {"alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "trajectory": ("seeds", "split", "n"), "clean": ("seeds",),
                   "corruptions": ("n",), "hashing": ("n",)}
 
 

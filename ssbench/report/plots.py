@@ -11,7 +11,7 @@ width x height x 200 dpi, the SVG width x height x 72 pt.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.font
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3, "svg.fonttype": "none",
          "figure.constrained_layout.use": True}  # constrained layout: labels, titles and legends never overlap
 PANEL = (3.2, 2.6)  # inches per panel
+TITLE_CHAR_INCHES = 0.085  # mean character width of a figure title at axes.titlesize + 1 (wrapping, not layout)
 
 
 def rule_color(rule: str) -> tuple[float, float, float]:
@@ -114,8 +115,11 @@ class Canvas:
         self.axes = self.panels.subplots(rows, cols, squeeze=False, **subplot_kw)
 
     def title(self, text: str | None) -> None:
-        if text:  # over panels and legends: the whole width is there for it
-            self.fig.suptitle(text)
+        if text:  # over panels and legends: the whole width is there for it, wrapped to fit it
+            import textwrap
+
+            chars = max(20, int(self.fig.get_figwidth() / TITLE_CHAR_INCHES))
+            self.fig.suptitle("\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)))
 
     def legend(self, handles: list[Line2D], title: str | None, where: str = "upper") -> None:
         assert self.side is not None, "Canvas built without legend labels"
@@ -309,47 +313,114 @@ def plot_hessian_density(runs: pd.DataFrame, *, title: str | None = None) -> Fig
         return canvas.fig
 
 
+class LossPanels:
+    """One contour panel per analysed run over a loss grid (`grid[i][j]` = L at alphas[i], betas[j]),
+    runs ordered by rule, one shared log colour scale so sharper minima read as tighter contours."""
+
+    def __init__(self, runs: pd.DataFrame, grids: list[np.ndarray], panel: tuple[float, float], **subplot_kw: Any) -> None:
+        self.runs = runs
+        self.colors = series_colors(runs["series"])
+        self.rows, self.cols = _grid(len(runs), 4)
+        self.canvas = Canvas(self.rows, self.cols, panel=panel, **subplot_kw)
+        self.grids = grids
+        lo = max(min(float(np.nanmin(g)) for g in grids), 1e-6) if grids else 1e-6
+        hi = max(max(float(np.nanmax(g)) for g in grids), lo * 1.01) if grids else 1.0
+        self.lo, self.hi = lo, hi
+        self.levels = np.geomspace(lo, hi, 16)
+        self.mappable = None
+
+    @staticmethod
+    def ordered(runs: pd.DataFrame) -> pd.DataFrame:
+        runs = runs.assign(series=series_of(runs).to_numpy())
+        order = sort_rules(runs["series"])
+        return runs.iloc[np.argsort([order.index(s) for s in runs["series"]], kind="stable")]
+
+    def panels(self) -> Iterator[tuple[int, Any, Any, np.ndarray]]:
+        """(k, axes, row, grid) per run; draws the filled contours and the run's title on each."""
+        for k, (row, grid) in enumerate(zip(self.runs.itertuples(index=False), self.grids)):
+            ax = self.canvas.axes[k // self.cols][k % self.cols]
+            yield k, ax, row, grid
+            seed = "" if pd.isna(row.seed) else f", seed {int(row.seed)}"
+            ax.set_title(f"{row.series}{seed}", color=self.colors[row.series])
+            ax.grid(False)
+
+    def contour(self, ax: Any, a: np.ndarray, b: np.ndarray, grid: np.ndarray, lines: bool = False) -> None:
+        z = np.clip(grid.T, self.lo, self.hi)  # grid[i][j] is at (alpha_i, beta_j): x = alpha needs the transpose
+        self.mappable = ax.contourf(a, b, z, levels=self.levels, norm=LogNorm(vmin=self.lo, vmax=self.hi), cmap="viridis")
+        if lines:
+            ax.contour(a, b, z, levels=self.levels, colors="white", linewidths=0.3, alpha=0.6)
+
+    def finish(self, title: str | None) -> Figure:
+        axes = self.canvas.axes
+        for k in range(len(self.runs), self.rows * self.cols):
+            axes[k // self.cols][k % self.cols].set_visible(False)
+        if self.mappable is not None:
+            bar = self.canvas.fig.colorbar(self.mappable, ax=axes, label="loss (log scale)", shrink=0.9)
+            bar.set_ticks(self.levels[::3], labels=[f"{v:.3g}" for v in self.levels[::3]])
+            bar.ax.minorticks_off()
+        self.canvas.title(title)
+        return self.canvas.fig
+
+
 def plot_loss_surfaces(runs: pd.DataFrame, *, title: str | None = None) -> Figure:
     """2-D loss surfaces L(w + a v1 + b v2) along the top two Hessian eigenvectors from `hessian_runs`
     rows that stored one: one panel per analysed run, one shared (log) colour scale, so a sharper
     minimum shows as more tightly packed contours."""
     with plt.rc_context(STYLE):
-        runs = runs[runs["surface"].map(lambda p: isinstance(p, dict) and bool(p.get("grid")))]
-        runs = runs.assign(series=series_of(runs).to_numpy())
-        order = sort_rules(runs["series"])
-        runs = runs.iloc[np.argsort([order.index(s) for s in runs["series"]], kind="stable")]
-        colors = series_colors(runs["series"])
-        rows, cols = _grid(len(runs), 4)
-        canvas = Canvas(rows, cols, panel=(2.6, 2.4), sharex=True, sharey=True)
-        axes = canvas.axes
-        grids = [np.asarray(p["grid"], float) for p in runs["surface"]]
-        lo = max(min(float(np.nanmin(g)) for g in grids), 1e-6) if grids else 1e-6
-        hi = max(max(float(np.nanmax(g)) for g in grids), lo * 1.01) if grids else 1.0
-        levels = np.geomspace(lo, hi, 16)
-        norm = LogNorm(vmin=lo, vmax=hi)
-        mappable = None
-        for k, (row, grid) in enumerate(zip(runs.itertuples(index=False), grids)):
-            ax = axes[k // cols][k % cols]
-            a, b = np.asarray(row.surface["alphas"], float), np.asarray(row.surface["betas"], float)
-            z = np.clip(grid.T, lo, hi)  # grid[i][j] = L(w + a_i v1 + b_j v2): x = alpha needs the transpose
-            mappable = ax.contourf(a, b, z, levels=levels, norm=norm, cmap="viridis")
-            ax.contour(a, b, z, levels=levels, colors="white", linewidths=0.3, alpha=0.6)
+        runs = LossPanels.ordered(runs[runs["surface"].map(lambda p: isinstance(p, dict) and bool(p.get("grid")))])
+        lp = LossPanels(runs, [np.asarray(p["grid"], float) for p in runs["surface"]], (2.6, 2.4), sharex=True, sharey=True)
+        for k, ax, row, grid in lp.panels():
+            lp.contour(ax, np.asarray(row.surface["alphas"], float), np.asarray(row.surface["betas"], float), grid, lines=True)
             ax.plot([0], [0], marker="+", color="red", markersize=8)
-            seed = "" if pd.isna(row.seed) else f", seed {int(row.seed)}"
-            ax.set_title(f"{row.series}{seed}", color=colors[row.series])
-            ax.grid(False)
-            if k // cols == rows - 1 or k + cols >= len(runs):
+            if k // lp.cols == lp.rows - 1 or k + lp.cols >= len(runs):
                 ax.set_xlabel("α along v1 (top eigenvector)")
-            if k % cols == 0:
+            if k % lp.cols == 0:
                 ax.set_ylabel("β along v2")
-        for k in range(len(runs), rows * cols):
-            axes[k // cols][k % cols].set_visible(False)
-        if mappable is not None:
-            bar = canvas.fig.colorbar(mappable, ax=axes, label="loss (log scale)", shrink=0.9)
-            bar.set_ticks(levels[::3], labels=[f"{v:.3g}" for v in levels[::3]])
-            bar.ax.minorticks_off()
+        return lp.finish(title)
+
+
+def plot_curvature_over_training(points: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Hessian trace and top eigenvalue vs epoch from `trajectory_points` rows (the IFA paper's Fig.
+    2f-k): one line per rule variant, mean over seeds, ± std band where there are several."""
+    with plt.rc_context(STYLE):
+        points = points.assign(series=series_of(points).to_numpy())
+        colors = series_colors(points["series"])
+        canvas = Canvas(1, 2, colors, panel=(3.4, 2.8))
+        for ax, (col, label) in zip(canvas.axes[0], (("trace", "Hessian trace (Hutchinson)"), ("top_eig", "top eigenvalue (Lanczos)"))):
+            for s_name, colour in colors.items():
+                g = points[points["series"] == s_name].groupby("epoch")[col]
+                mean, std = g.mean(), g.std()
+                x = mean.index.to_numpy(float)
+                ax.plot(x, mean.to_numpy(float), color=colour, marker="o" if len(x) < 15 else None, markersize=3, linewidth=1.5)
+                if std.notna().any():
+                    sd = std.fillna(0).to_numpy(float)
+                    ax.fill_between(x, mean.to_numpy(float) - sd, mean.to_numpy(float) + sd, color=colour, alpha=0.12, linewidth=0)
+            ax.set_xlabel("epoch (0 = before training)")
+            ax.set_ylabel(label)  # linear: a trace can be negative early on (non-convex start)
+            _integer_axis(ax, points["epoch"])
         canvas.title(title)
+        canvas.legend([Line2D([], [], color=c, linewidth=2, label=r) for r, c in colors.items()], "rule")
         return canvas.fig
+
+
+def plot_trajectories(planes: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """Each analysed run's weight trajectory on its own first two principal directions over the loss
+    of that plane (the IFA paper's Fig. 2b-d): one panel per run, one shared log colour scale; the
+    path starts at the circle (initial weights) and ends at the cross (final weights, the origin)."""
+    with plt.rc_context(STYLE):
+        planes = LossPanels.ordered(planes[planes["plane"].map(lambda p: isinstance(p, dict) and bool(p.get("grid")))])
+        lp = LossPanels(planes, [np.asarray(p["grid"], float) for p in planes["plane"]], (2.8, 2.5))
+        for _, ax, row, grid in lp.panels():
+            p = row.plane
+            lp.contour(ax, np.asarray(p["alphas"], float), np.asarray(p["betas"], float), grid)
+            xy = np.asarray(p["coords"], float)
+            ax.plot(xy[:, 0], xy[:, 1], color="white", linewidth=1.2, marker=".", markersize=3)
+            ax.plot(xy[0, 0], xy[0, 1], marker="o", color="white", markeredgecolor="black", markersize=6)
+            ax.plot(0, 0, marker="x", color="red", markersize=7, markeredgewidth=1.8)
+            ex = p.get("explained") or [float("nan")] * 2
+            ax.set_xlabel(f"PC1 ({100 * ex[0]:.1f}% of the path)")
+            ax.set_ylabel(f"PC2 ({100 * ex[1]:.1f}%)")
+        return lp.finish(title)
 
 
 def plot_corruptions(table: pd.DataFrame, *, title: str | None = None) -> Figure:
@@ -374,6 +445,68 @@ def plot_corruptions(table: pd.DataFrame, *, title: str | None = None) -> Figure
         _integer_axis(ax, rows["severity"])
         canvas.title(title)
         canvas.legend([Line2D([], [], color=c, linewidth=2, label=r) for r, c in colors.items()], "rule")
+        return canvas.fig
+
+
+def _log_edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges around sorted positive grid values on a log axis: geometric midpoints, half a step
+    beyond the ends (a factor sqrt(2) either side of a single value)."""
+    v = np.log(values)
+    step = np.diff(v)
+    pad = step[[0, -1]] / 2 if len(v) > 1 else np.array([np.log(2) / 2] * 2)
+    return np.exp(np.concatenate([[v[0] - pad[0]], (v[:-1] + v[1:]) / 2, [v[-1] + pad[1]]]))
+
+
+INIT_POINTS = (("LeCun (var = 1 / fan_in)", 1.0, "o"), ("He (var = 2 / fan_in)", 2.0, "s"))
+INIT_MARK = {"markersize": 24, "markerfacecolor": "none", "markeredgecolor": "red", "markeredgewidth": 2.0,
+             "linestyle": "none"}  # hollow rings around the cell's printed value, which stays readable
+
+
+def plot_trainability(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """The trainability map (IFA paper, Fig. 3a) from `trainability_table` rows of one configuration:
+    x = forward (weight) variance, y = backward (feedback) variance, both x fan_in on log axes; colour
+    = final training accuracy (mean over seeds) on a fixed 0..1 scale; each cell printed; LeCun's
+    (1, 1) and He's (2, 2) initialisations marked; x = a seed's loss turned non-finite."""
+    with plt.rc_context(STYLE):
+        ws, bs = np.sort(table["weight_var"].unique()), np.sort(table["feedback_var"].unique())
+        acc = np.full((len(bs), len(ws)), np.nan)
+        bad = np.zeros_like(acc, dtype=bool)
+        for row in table.itertuples(index=False):
+            i, j = int(np.searchsorted(bs, row.feedback_var)), int(np.searchsorted(ws, row.weight_var))
+            acc[i, j], bad[i, j] = row.accuracy_mean, bool(row.nonfinite)
+        xe, ye = _log_edges(ws.astype(float)), _log_edges(bs.astype(float))
+        marks = [(lab, v, m) for lab, v, m in INIT_POINTS if xe[0] <= v <= xe[-1] and ye[0] <= v <= ye[-1]]
+        legend = [lab for lab, _, _ in marks] + (["non-finite loss (chance)"] if bad.any() else [])
+        canvas = Canvas(1, 1, legend, panel=(4.4, 3.6))
+        ax = canvas.axes[0][0]
+        mesh = ax.pcolormesh(xe, ye, np.ma.masked_invalid(acc), cmap="viridis", vmin=0.0, vmax=1.0, shading="flat")
+        for i, b in enumerate(bs):
+            for j, w in enumerate(ws):
+                if np.isnan(acc[i, j]):
+                    continue
+                x, y = math.sqrt(xe[j] * xe[j + 1]), math.sqrt(ye[i] * ye[i + 1])  # the cell's centre on log axes
+                ax.text(x, y, f"{acc[i, j]:.2f}" + (" ×" if bad[i, j] else ""), ha="center", va="center", fontsize=7,
+                        color="white" if acc[i, j] < 0.7 else "black")  # viridis turns light above ~0.7
+        handles = []
+        for lab, v, marker in marks:
+            ax.plot([v], [v], marker=marker, **INIT_MARK)
+            handles.append(Line2D([], [], marker=marker, **{**INIT_MARK, "markersize": 10}, label=lab))
+        if bad.any():
+            handles.append(Line2D([], [], marker="$×$", color="0.2", linestyle="none", label="non-finite loss (chance)"))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(xe[0], xe[-1])
+        ax.set_ylim(ye[0], ye[-1])
+        ax.set_xticks(ws, labels=[f"{v:g}" for v in ws])
+        ax.set_yticks(bs, labels=[f"{v:g}" for v in bs])
+        ax.minorticks_off()  # the grid's values are the ticks: log minor ticks would only clutter
+        ax.grid(False)
+        ax.set_xlabel("forward (weight) variance × fan_in")
+        ax.set_ylabel("backward (feedback) variance × fan_in")
+        canvas.panels.colorbar(mesh, ax=ax, label="final training accuracy")
+        canvas.title(title)
+        if handles:
+            canvas.legend(handles, "initialisation")
         return canvas.fig
 
 

@@ -465,6 +465,61 @@ def hessian_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant"])
 
 
+# -- (5b) over training (analyze trajectory) -----------------------------------------------------
+
+TRAJECTORY_METRICS = ("trajectory_trace", "trajectory_top_eig", "trajectory_loss", "trajectory_pca")
+
+
+def _latest_per_subject(ev: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Rows of the newest analysis run per analysed run (subject) x split that stored `metric`."""
+    latest = ev[ev["metric"] == metric].groupby(["subject", "split"])["run_id"].max()
+    return ev[ev["run_id"].isin(set(latest.to_numpy()))]
+
+
+def trajectory_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per analysed run x split x epoch (its latest trajectory analysis): loss, Hessian trace
+    and top eigenvalue at that epoch."""
+    labels = labels_of(store) if labels is None else labels
+    ev = _analysis(store, f, labels, TRAJECTORY_METRICS[:3])
+    cols = ["run_id", "subject", "seed", *KEYS, "split", "epoch", "trace", "top_eig", "loss"]
+    if ev.empty or not (ev["metric"] == "trajectory_trace").any():
+        return pd.DataFrame(columns=cols)
+    ev = _latest_per_subject(ev, "trajectory_trace")
+    ev = ev.assign(epoch=[int((p or {}).get("epoch", -1)) for p in ev["params"]])
+    names = {"trajectory_trace": "trace", "trajectory_top_eig": "top_eig", "trajectory_loss": "loss"}
+    rows = []
+    for (_, _, epoch), r in ev.groupby(["run_id", "split", "epoch"], sort=True):
+        first = r.iloc[0]
+        values = {names[m]: float(v) for m, v in zip(r["metric"], r["value"])}
+        rows.append({**{c: first[c] for c in ("run_id", "subject", "seed", *KEYS, "split")}, "epoch": epoch, **values})
+    return pd.DataFrame(rows).reindex(columns=cols)
+
+
+def trajectory_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Loss, Hessian trace and top eigenvalue per variant x split x analysed epoch: mean ± std over seeds."""
+    t = trajectory_points(store, f, labels)
+    keys = [*KEYS, "split", "epoch"]
+    cols = [*keys, "loss_mean", "loss_std", "trace_mean", "trace_std", "top_eig_mean", "top_eig_std", "n", "seeds"]
+    if t.empty:
+        return pd.DataFrame(columns=cols)
+    out = _agg(t, keys, "loss", "loss")
+    for v in ("trace", "top_eig"):
+        out = out.merge(_agg(t, keys, v, v).drop(columns="n"), on=keys)
+    out = out.merge(_seeds(t, keys), on=keys, how="left")
+    return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant", "epoch"])
+
+
+def trajectory_planes(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per analysed run x split (latest trajectory analysis with a PCA): the stored plane."""
+    labels = labels_of(store) if labels is None else labels
+    ev = _analysis(store, f, labels, ("trajectory_pca",))
+    cols = ["run_id", "subject", "seed", *KEYS, "split", "explained", "plane"]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    ev = _latest_per_subject(ev, "trajectory_pca")
+    return ev.assign(explained=ev["value"], plane=ev["params"]).reindex(columns=cols).reset_index(drop=True)
+
+
 # -- (6) corruptions ------------------------------------------------------------------------------
 
 def corruption_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -542,6 +597,56 @@ def _wide_cells(df: pd.DataFrame, index: list[str], key: str, columns: list[str]
     wide["n"] = wide["n"].astype(int).astype(str)
     return wide.fillna("")
 
+# -- trainability map (ssbench analyze trainability) ---------------------------------------------
+
+def trainability_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per map x cell: the cell run's final training accuracy, its variances, the cell run and
+    whether its loss turned non-finite. Maps of one configuration and seed share their cells: the
+    latest map's row counts (a rerun map is not a second seed)."""
+    from ssbench.analysis.trainability import METRIC, NONFINITE
+
+    labels = labels_of(store) if labels is None else labels
+    ev = _analysis(store, f, labels, (METRIC,))
+    cols = ["run_id", "subject", "seed", *KEYS, "weight_var", "feedback_var", "accuracy", "nonfinite", "cell_run"]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    params = [p or {} for p in ev["params"]]
+    ev = ev.assign(weight_var=[float(p["weight_var"]) for p in params], feedback_var=[float(p["feedback_var"]) for p in params],
+                   nonfinite=[p.get("diverged") == NONFINITE for p in params], cell_run=[p.get("cell_run") for p in params])
+    ev = ev.sort_values("run_id", kind="stable").drop_duplicates([*KEYS, "seed", "weight_var", "feedback_var"], keep="last")
+    return ev.rename(columns={"value": "accuracy"})[cols].reset_index(drop=True)
+
+
+def trainability_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Final training accuracy per map configuration x (weight_var, feedback_var): mean ± std over
+    seeds; nonfinite = seeds whose loss turned non-finite (scored at chance)."""
+    p = trainability_points(store, f, labels)
+    keys = [*KEYS, "weight_var", "feedback_var"]
+    cols = [*keys, "accuracy_mean", "accuracy_std", "n", "nonfinite", "seeds"]
+    if p.empty:
+        return pd.DataFrame(columns=cols)
+    out = _agg(p, keys, "accuracy", "accuracy")
+    out = out.merge(p.groupby(keys, sort=False, dropna=False)["nonfinite"].sum().astype(int).reset_index(), on=keys)
+    out = out.merge(_seeds(p, keys), on=keys, how="left")
+    return _sort(out[cols], ["model", "dataset", "bits", "rule", "variant", "feedback_var", "weight_var"])
+
+
+def trainability_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+    """Display form of `trainability_table`: the map itself, one row per configuration x feedback
+    variance, one column per weight variance; 'x' = a seed's loss turned non-finite."""
+    if df.empty:
+        return pd.DataFrame()
+    df = _label_strings(df)
+    df["cell"] = [_pm(m, s if std else None) + (" x" if k else "")
+                  for m, s, k in zip(df["accuracy_mean"], df["accuracy_std"], df["nonfinite"])]
+    df["feedback var"] = [f"{v:g}" for v in df["feedback_var"]]
+    df["col"] = [f"weight var {v:g}" for v in df["weight_var"]]
+    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant", "feedback var")
+             if c not in _drop_uninformative(df, ("kind",))]
+    columns = [f"weight var {v:g}" for v in sorted(set(df["weight_var"]))]
+    return _wide_cells(df, index, "col", columns)
+
+
 # -- (7) sanity -----------------------------------------------------------------------------------
 
 SANITY_COMPACT = ["run", "rule", "check", "attack", "mode", "value"]
@@ -604,6 +709,8 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
         return hashing_wide(df, std=std)
     if name == "corruptions":
         return corruption_wide(df, std=std)
+    if name == "trainability":
+        return trainability_wide(df, std=std)
     out = _label_strings(df)
     # kind is the point of the clean table (pretrain vs fine-tuned); elsewhere a single kind says nothing
     out = out.drop(columns=_drop_uninformative(out, () if name == "clean" else ("kind",)))
@@ -629,14 +736,14 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
             out.insert(pos, header, merged)
     if "value" in out.columns and name == "sanity":
         out["value"] = [("" if v is None or pd.isna(v) else f"{v:.4g}") for v in out["value"]]
-    for c in ("target", "seed", "initial_epoch", "final_epoch", "n"):
+    for c in ("target", "seed", "initial_epoch", "final_epoch", "n", "epoch"):
         if c in out.columns:
             out[c] = [("" if v is None or pd.isna(v) else str(int(v))) for v in out[c]]
     out = out.rename(columns={"initial_epoch": "init epoch", "final_epoch": "final epoch"})
     return out.astype(object).where(out.notna(), "").astype(str)
 
 
-TABLES = ("clean", "robust", "alignment", "hashing", "hessian", "corruptions", "sanity")
+TABLES = ("clean", "robust", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity")
 
 
 def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all") -> dict[str, pd.DataFrame]:
@@ -659,8 +766,12 @@ def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all
             out["hashing_attacks"] = hashing_attack_table(store, f, robust, labels)
         elif name == "hessian":
             out["hessian"] = hessian_table(store, f, labels)
+        elif name == "trajectory":
+            out["trajectory"] = trajectory_table(store, f, labels)
         elif name == "corruptions":
             out["corruptions"] = corruption_table(store, f, labels)
+        elif name == "trainability":
+            out["trainability"] = trainability_table(store, f, labels)
         elif name == "sanity":
             out["sanity"] = sanity_table(store, f, labels)
     if which == "all":

@@ -36,6 +36,7 @@ SEED_LIKE = {
 LABELLED = {
     "kind", "task", "rule", "rule.name", "rule.theta", "rule.skip", "model", "model.name", "model.hidden",
     "model.pretrained", "data.name", "data.classes", "data.train_limit", "hashing.bits",
+    "weight_vars", "feedback_vars",  # a trainability map's grid: its table shows every cell's variances
 }
 
 

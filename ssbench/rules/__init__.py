@@ -18,6 +18,7 @@ from ssbench.rules.convert import (
     make_rule,
     model_rule,
     rule_config,
+    scratch_init,
     xavier_init,
 )
 from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
@@ -25,7 +26,7 @@ from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 __all__ = [
     "RULES", "Rule", "convert", "convert_from_config", "check_conversion", "layers_not_run",
     "ConversionWarning", "exact_gradients", "feedback_layers", "make_rule", "model_rule", "rule_config",
-    "xavier_init",
+    "xavier_init", "scratch_init",
     "alignment_metrics", "angle_deg", "mean_angle", "LayerAlignment",
     "FeedbackLayer", "FeedbackLinear", "FeedbackConv2d",
 ]

@@ -9,14 +9,15 @@ from torch import Tensor, nn
 
 from ssbench.errors import SpecError
 from ssbench.registry import Registry
+from ssbench.specs import gaussian_feedback_var
 
 if TYPE_CHECKING:
     from ssbench.rules.layers import FeedbackLayer
 
 RULES: Registry[type[Rule]] = Registry("rule")
 
-Init = Literal["default", "xavier"]
-INITS: tuple[Init, ...] = ("default", "xavier")
+Init = Literal["default", "xavier", "gaussian"]
+INITS: tuple[Init, ...] = ("default", "xavier", "gaussian")
 WEIGHT_STREAM = -1  # the `step` of the generator that re-initialises W (brsf's steps are >= 0)
 
 
@@ -92,6 +93,31 @@ def xavier_init_(layer: nn.Module, seed: int, layer_index: int) -> None:
             layer.bias.zero_()
 
 
+def gaussian_std(weight: Tensor, var: float) -> float:
+    """Std of N(0, var / fan_in) for W's shape (fan_in as `fans`): var 1 is LeCun's init, var 2 He's."""
+    return math.sqrt(var / fans(weight)[0])
+
+
+def draw_gaussian(weight: Tensor, var: float, gen: torch.Generator) -> Tensor:
+    """N(0, var / fan_in) of W's shape (init gaussian): `draw_normal` scaled, same numbers on any device."""
+    return draw_normal(weight.shape, weight, gen) * gaussian_std(weight, var)
+
+
+def reinit_(layer: nn.Module, init: Init, weight_var: float | None, seed: int, layer_index: int) -> None:
+    """From-scratch re-init of a layer for init xavier (`xavier_init_`) or gaussian (W ~ N(0,
+    weight_var / fan_in), bias 0); default leaves it alone. W is drawn from its own seeded stream,
+    never the one B is drawn from, so B is never a copy of W's numbers."""
+    if init == "xavier":
+        xavier_init_(layer, seed, layer_index)
+    elif init == "gaussian":
+        gen = layer_generator(seed, layer_index, WEIGHT_STREAM)
+        w = layer.weight
+        with torch.no_grad():
+            w.copy_(torch.randn(w.shape, generator=gen, dtype=torch.float32) * gaussian_std(w, float(weight_var)))
+            if getattr(layer, "bias", None) is not None:
+                layer.bias.zero_()
+
+
 def _mixed_seed(seed: int, layer_index: int, step: int) -> int:
     return (seed * 1_000_003 + layer_index * 7_919 + step * 104_729) % (2**63 - 1)
 
@@ -125,19 +151,44 @@ class Rule:
     per_step: ClassVar[bool] = False  # True: B is redrawn each training step (brsf)
     direct: ClassVar[bool] = False  # True: DFA-style error broadcast from the output
 
-    def __init__(self, init: Init = "default") -> None:
+    def __init__(self, init: Init = "default", weight_var: float | None = None, feedback_var: float | None = None) -> None:
         if init not in INITS:
             raise SpecError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        for name, v in (("weight_var", weight_var), ("feedback_var", feedback_var)):
+            if v is not None and not float(v) > 0:
+                raise SpecError(f"{name} must be > 0, got {v}")
+        try:  # the same rules as RuleSpec's, so a rule built by hand cannot hold what a spec refuses
+            feedback_var = gaussian_feedback_var(self.name, init, weight_var, feedback_var)
+        except ValueError as err:
+            raise SpecError(str(err)) from None
         self.init: Init = init
+        self.weight_var = None if weight_var is None else float(weight_var)
+        self.feedback_var = feedback_var  # init gaussian: variance x fan_in of the random feedback
 
     @property
     def xavier(self) -> bool:
         """BioTorch's initialisation: B drawn xavier-uniform instead of at the converted W's scale."""
         return self.init == "xavier"
 
+    @property
+    def shape_scaled(self) -> bool:
+        """B's scale is a constant of the layer's shape (init xavier or gaussian), not W's current scale."""
+        return self.init != "default"
+
     def draw(self, weight: Tensor, gen: torch.Generator) -> Tensor:
-        """The rule's random tensor of W's shape: N(0, 1) (default; rules rescale it) or xavier-uniform."""
+        """The rule's random tensor of W's shape: N(0, 1) (default; rules rescale it), xavier-uniform,
+        or N(0, feedback_var / fan_in) (gaussian)."""
+        if self.init == "gaussian":
+            return draw_gaussian(weight, float(self.feedback_var), gen)  # type: ignore[arg-type]
         return draw_xavier(weight, gen) if self.xavier else draw_normal(weight.shape, weight, gen)
+
+    def shape_std(self, weight: Tensor) -> float:
+        """Per-entry std of `draw` for W's shape with init xavier or gaussian (usf's magnitude)."""
+        return gaussian_std(weight, float(self.feedback_var)) if self.init == "gaussian" else xavier_std(weight)  # type: ignore[arg-type]
+
+    def init_weight_(self, layer: nn.Module, seed: int, layer_index: int) -> None:
+        """Training from scratch: W re-initialised as the init says (see `reinit_`)."""
+        reinit_(layer, self.init, self.weight_var, seed, layer_index)
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor | None:
         return None
@@ -147,8 +198,16 @@ class Rule:
 
     def config(self) -> dict[str, float | int | str | None]:
         """Options that define the rule (persisted next to checkpoints). `init` only where it is not
-        the default, so configs (and config hashes) of default runs are what they always were."""
-        return {"name": self.name, **({"init": self.init} if self.xavier else {})}
+        the default, so configs (and config hashes) of default runs are what they always were; the
+        variances only with init gaussian (feedback_var not for bp / ifa)."""
+        out: dict[str, float | int | str | None] = {"name": self.name}
+        if self.init != "default":
+            out["init"] = self.init
+        if self.init == "gaussian":
+            out["weight_var"] = self.weight_var
+            if self.feedback_var is not None:
+                out["feedback_var"] = self.feedback_var
+        return out
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in self.config().items() if k != "name")

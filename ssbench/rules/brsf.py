@@ -11,7 +11,8 @@ The N(0, 1) draw (CPU generator, so the same numbers on every device) is most of
 in eval mode the layer keeps |R_t| (it depends on the step only, never on W) and reuses it.
 
 With init='xavier' B_t = |R_t| * sign(W), R_t a xavier_uniform_ draw of W's shape (BioTorch's): the
-magnitude is the layer shape's xavier scale, not rms(W).
+magnitude is the layer shape's xavier scale, not rms(W); with init='gaussian' R_t ~ N(0,
+feedback_var / fan_in), likewise not rescaled.
 """
 from __future__ import annotations
 
@@ -28,6 +29,6 @@ class BatchRandomSignFeedback(Rule):
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         w = layer.weight.detach()
         magnitude = layer.step_draw_abs()  # |R_t|, a fresh tensor or the eval-mode cached one
-        if self.xavier:
-            return w.sign().mul_(magnitude)  # |R_t| already has the xavier scale
+        if self.shape_scaled:
+            return w.sign().mul_(magnitude)  # |R_t| already has the xavier / gaussian scale
         return w.sign().mul_(rms(w)).mul_(magnitude)

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ssbench.errors import SpecError
-from ssbench.rules.base import RULES, Init, Rule, xavier_init_
+from ssbench.rules.base import RULES, Init, Rule, reinit_, xavier_init_
 from ssbench.rules.functions import CaptureErrorFn, ErrorBox
 from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from ssbench.specs import RuleSpec
@@ -25,13 +25,14 @@ class ConversionWarning(UserWarning):
     """Some layers a rule would cover never run their own forward, so the rule cannot reach them."""
 
 
-def make_rule(name: str, theta: float | None = None, init: Init = "default") -> Rule:
+def make_rule(name: str, theta: float | None = None, init: Init = "default", weight_var: float | None = None,
+              feedback_var: float | None = None) -> Rule:
     cls = RULES.get(name)
     if name.lower() == "ifa":
-        return cls(theta=45.0 if theta is None else theta, init=init)  # type: ignore[call-arg]
+        return cls(theta=45.0 if theta is None else theta, init=init, weight_var=weight_var, feedback_var=feedback_var)  # type: ignore[call-arg]
     if theta is not None:
         raise SpecError(f"theta is an ifa option, not one of rule {name!r}")
-    return cls(init=init)
+    return cls(init=init, weight_var=weight_var, feedback_var=feedback_var)
 
 
 def convert(
@@ -58,12 +59,13 @@ def convert(
 
     `from_scratch=True` says W is a fresh init, not trained weights: a rule with init='xavier' then
     re-initialises every converted layer as BioTorch does (W xavier-uniform from a seeded stream of
-    its own, bias 0) before B is derived. Without it (fine-tuning, checkpoints) W is never touched.
+    its own, bias 0) before B is derived; init='gaussian' likewise with W ~ N(0, weight_var / fan_in).
+    Without it (fine-tuning, checkpoints) W is never touched.
     """
     if isinstance(rule, RuleSpec):
         seed = rule.seed if rule.seed is not None else seed
         skip = tuple(skip) + tuple(rule.skip)
-        rule = make_rule(rule.name, rule.theta, rule.init)
+        rule = make_rule(rule.name, rule.theta, rule.init, rule.weight_var, rule.feedback_var)
     elif isinstance(rule, str):
         rule = make_rule(rule, theta)
     if feedback_layers(model):
@@ -80,8 +82,8 @@ def convert(
         raise SpecError("convert: the model has no nn.Linear or nn.Conv2d layer to convert")
     box = ErrorBox() if rule.direct else None
     for index, (_, module) in enumerate(targets):
-        if from_scratch and rule.xavier:
-            xavier_init_(module, seed, index)  # before attach_rule: B is derived from this W
+        if from_scratch:
+            rule.init_weight_(module, seed, index)  # before attach_rule: B is derived from this W
         module.__class__ = _SWAPS[type(module)]
         module.attach_rule(rule, seed, index, box, skip)  # type: ignore[attr-defined]
     if box is not None:
@@ -91,8 +93,9 @@ def convert(
 
 def convert_from_config(model: nn.Module, config: Mapping[str, Any]) -> nn.Module:
     """Redo the conversion `rule_config(model)` describes (checkpoints store that dict). W is left
-    as it is (the checkpoint's weights are loaded next); `init` restores how B is drawn."""
-    rule = make_rule(str(config["name"]), config.get("theta"), config.get("init") or "default")
+    as it is (the checkpoint's weights are loaded next); `init` (and its variances) restores how B is drawn."""
+    rule = make_rule(str(config["name"]), config.get("theta"), config.get("init") or "default",
+                     config.get("weight_var"), config.get("feedback_var"))
     return convert(model, rule, seed=int(config.get("seed") or 0), skip=tuple(config.get("skip") or ()))
 
 
@@ -102,6 +105,15 @@ def xavier_init(model: nn.Module, *, seed: int = 0, skip: Sequence[str] = ()) ->
     `convert(..., from_scratch=True)` with init='xavier' would give it. Returns `model` (in place)."""
     for index, (_, module) in enumerate(_targets(model, tuple(skip))):
         xavier_init_(module, seed, index)
+    return model
+
+
+def scratch_init(model: nn.Module, rule: RuleSpec, *, seed: int = 0) -> nn.Module:
+    """The from-scratch re-init of `rule.init` (xavier, gaussian) without a conversion (a BP pretrain):
+    every layer `convert` would cover, in its order, gets the W and bias 0 that `convert(...,
+    from_scratch=True)` would give it. Default init: nothing changes. Returns `model` (in place)."""
+    for index, (_, module) in enumerate(_targets(model, tuple(rule.skip))):
+        reinit_(module, rule.init, rule.weight_var, seed, index)
     return model
 
 

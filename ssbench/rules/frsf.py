@@ -4,14 +4,15 @@ R is drawn at conversion and scaled so that ||B_0|| = ||W_0|| (every entry of B 
 so ||B|| = ||R|| at every step); the magnitudes stay fixed while the signs follow W. The stored R
 keeps its own sign, used only where W is exactly 0: sign(0) = 0 would zero those entries, and a
 zero-initialised layer (torchvision's ViT head) would pass no error down at all.
-With init='xavier' R is BioTorch's xavier_uniform_ draw of W's shape (|R| <= sqrt(6/(fan_in+fan_out))).
+With init='xavier' R is BioTorch's xavier_uniform_ draw of W's shape (|R| <= sqrt(6/(fan_in+fan_out)));
+with init='gaussian' R ~ N(0, feedback_var / fan_in), not rescaled.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, draw_at_weight_norm, draw_xavier
+from ssbench.rules.base import RULES, Rule, draw_at_weight_norm
 
 
 @RULES.register("frsf", help="fixed random-magnitude sign feedback, B = |R| sign(W)")
@@ -19,7 +20,7 @@ class FixedRandomSignFeedback(Rule):
     name = "frsf"
 
     def init_state(self, weight: Tensor, gen: torch.Generator) -> Tensor:
-        return draw_xavier(weight, gen) if self.xavier else draw_at_weight_norm(weight, gen)
+        return self.draw(weight, gen) if self.shape_scaled else draw_at_weight_norm(weight, gen)
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         r, w = layer.feedback_state, layer.weight.detach()

@@ -102,7 +102,8 @@ class DirectFeedback:
         in_size = 1
         for d in x_shape[1:]:
             in_size *= d
-        matrix = self.layer.ensure_direct_matrix(e.shape[1], in_size)
+        in_hw = (int(x_shape[-2]), int(x_shape[-1])) if len(x_shape) == 4 else None  # a conv's input map
+        matrix = self.layer.ensure_direct_matrix(e.shape[1], in_size, in_hw)
         return (e.to(dtype) @ matrix.to(dtype)).view(x_shape)
 
 

@@ -21,8 +21,10 @@ from ssbench.rules.base import RULES, Init, Rule, draw_normal, init_rms
 class InitialFeedbackAlignment(Rule):
     name = "ifa"
 
-    def __init__(self, theta: float = 45.0, init: Init = "default") -> None:
-        super().__init__(init)  # xavier only re-initialises W from scratch: B still follows W_0
+    def __init__(self, theta: float = 45.0, init: Init = "default", weight_var: float | None = None,
+                 feedback_var: float | None = None) -> None:
+        # xavier / gaussian only re-initialise W from scratch: B still follows W_0 (no feedback_var)
+        super().__init__(init, weight_var, feedback_var)
         if not 0.0 <= theta <= 180.0:
             raise SpecError(f"ifa theta must be in [0, 180] degrees, got {theta}")
         self.theta = float(theta)

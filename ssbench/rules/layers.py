@@ -75,14 +75,14 @@ class FeedbackLayer(nn.Module):
         if gen is None:
             gen = self._step_gen = torch.Generator(device="cpu")
         gen = layer_generator(self.feedback_seed, self.feedback_index, step, reuse=gen)
-        draw = self.rule.draw(w, gen).abs_()  # N(0, 1), or xavier-uniform with init='xavier'
+        draw = self.rule.draw(w, gen).abs_()  # N(0, 1), xavier-uniform or N(0, feedback_var / fan_in)
         if not self.training:
             self._draw_cache = (key, draw)
         elif cache is not None:
             self._draw_cache = None  # training redraws every step: hold no stale copy
         return draw
 
-    def ensure_direct_matrix(self, out_size: int, in_size: int) -> Tensor:
+    def ensure_direct_matrix(self, out_size: int, in_size: int, in_hw: tuple[int, int] | None = None) -> Tensor:
         if self.feedback_state is None or self.feedback_state.shape != (out_size, in_size):
             if self.feedback_state is not None:
                 raise RuntimeError(
@@ -90,7 +90,7 @@ class FeedbackLayer(nn.Module):
                     f"{self.feedback_state.shape[1]}, got {out_size} and {in_size}"
                 )
             gen = layer_generator(self.feedback_seed, self.feedback_index)
-            self.feedback_state = self.rule.direct_matrix(self, out_size, in_size, gen)  # type: ignore[attr-defined]
+            self.feedback_state = self.rule.direct_matrix(self, out_size, in_size, gen, in_hw)  # type: ignore[attr-defined]
         return self.feedback_state
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:

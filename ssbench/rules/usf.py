@@ -5,13 +5,13 @@ stays stateless and its scale follows the converted W, whatever W's init was. En
 exactly 0 get B = 0 (sign(0) = 0), and an all-zero W gives B = 0: the rule's only source of
 feedback is W's sign, and inventing one would no longer be sign-symmetric feedback.
 With init='xavier' s is BioTorch's: the std of xavier_uniform_ for W's shape, sqrt(2/(fan_in+fan_out)),
-a constant of the layer's shape that does not follow W.
+a constant of the layer's shape that does not follow W; with init='gaussian' s = sqrt(feedback_var / fan_in).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
-from ssbench.rules.base import RULES, Rule, rms, xavier_std
+from ssbench.rules.base import RULES, Rule, rms
 
 
 @RULES.register("usf", help="uniform sign-concordant feedback, B = rms(W) sign(W) (init xavier: xavier std)")
@@ -20,4 +20,4 @@ class UniformSignFeedback(Rule):
 
     def feedback(self, layer) -> Tensor:  # noqa: ANN001
         w = layer.weight.detach()
-        return w.sign().mul_(xavier_std(w) if self.xavier else rms(w))
+        return w.sign().mul_(self.shape_std(w) if self.shape_scaled else rms(w))

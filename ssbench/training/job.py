@@ -143,10 +143,10 @@ def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store)
         # torchvision Swin attention) are found now, left exact, and recorded in the checkpoint
         example = torch.stack([torch.as_tensor(bundle.train[i][0]) for i in range(min(2, len(bundle.train)))])
         convert(model, spec.rule, seed=rule_seed, example_input=example, from_scratch=from_scratch)
-    elif from_scratch and spec.rule.init == "xavier":
-        from ssbench.rules import xavier_init
+    elif from_scratch and spec.rule.init != "default":
+        from ssbench.rules import scratch_init
 
-        xavier_init(model, seed=rule_seed, skip=spec.rule.skip)  # BioTorch inits its BP baseline the same way
+        scratch_init(model, spec.rule, seed=rule_seed)  # xavier: BioTorch inits its BP baseline the same way
     meta = ModelMeta(
         model=arch, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
         image_size=bundle.image_size, mean=mean, std=std, task=spec.task, rule=None,
@@ -285,8 +285,40 @@ def _take_over(prior: Resumable, store: Store, rec: Any, model: nn.Module, opt: 
     elif best:
         rewrite_checkpoint(store.checkpoint_dir(prior.run_id) / "best.pt", ckpt_dir / "best.pt", run_id=rec.run_id)
     rec.set_summary(resumed_from={"run": prior.run_id, "epoch": k}, **({"diverged": st["diverged"]} if st["diverged"] else {}))
+    if spec.keep_epochs:
+        _take_over_kept(store, prior, rec, ckpt_dir)
     set_rng_state(st["rng"])
     return _Progress(k, float(st["best_score"]), best, st["first_loss"], st["diverged"])
+
+
+# -- kept per-epoch checkpoints (keep_epochs): the weights an analysis over training reads -------
+
+EPOCH_DIR = "epochs"
+
+
+def epoch_tag(epoch: int) -> str:
+    """Checkpoint tag of the weights kept after `epoch` (0: before training)."""
+    return f"epoch-{epoch}"
+
+
+def kept(spec: TrainSpec, epoch: int) -> bool:
+    """Whether the weights after `epoch` are kept: every keep_epochs-th epoch, the initial weights
+    and the last epoch (so a trajectory always ends where training ended)."""
+    k = spec.keep_epochs
+    return bool(k) and (epoch % k == 0 or epoch == spec.epochs)
+
+
+def keep_epoch(rec: Any, ckpt_dir: Path, model: nn.Module, meta: ModelMeta, spec: TrainSpec, epoch: int) -> None:
+    path = save_checkpoint(ckpt_dir / EPOCH_DIR / f"{epoch_tag(epoch)}.pt", model, meta, spec, epoch=epoch, run_id=rec.run_id)
+    rec.add_checkpoint(epoch_tag(epoch), path, epoch=epoch)
+
+
+def _take_over_kept(store: Store, prior: Resumable, rec: Any, ckpt_dir: Path) -> None:
+    """The kept epochs <= the resumed epoch of the interrupted run, as this run's own."""
+    for row in store.checkpoints(prior.run_id):
+        if row.tag.startswith("epoch-") and row.epoch is not None and row.epoch <= prior.epoch:
+            dst = rewrite_checkpoint(Path(row.path), ckpt_dir / EPOCH_DIR / f"{row.tag}.pt", run_id=rec.run_id)
+            rec.add_checkpoint(row.tag, dst, epoch=row.epoch)
 
 
 def _say(console: Console | None, text: str) -> None:
@@ -353,6 +385,8 @@ def run_training(
         else:
             done = _Progress()
             _log_alignment(rec, model, 0)
+            if kept(spec, 0):
+                keep_epoch(rec, ckpt_dir, model, prepared.meta, spec, 0)
         with _progress(console, quiet) as progress:
             epochs = progress.add_task(f"{spec.kind} {spec.rule.name} run {rec.run_id}", total=spec.epochs,
                                        completed=done.epoch, info="")
@@ -401,6 +435,8 @@ def run_training(
                     grad_angles = dict(gradient_alignment(model, grad_batch[0].to(device), grad_batch[1].to(device), task.loss))
                 angle = _log_alignment(rec, model, epoch, grad_angles)
                 save_checkpoint(ckpt_dir / "last.pt", model, prepared.meta, spec, epoch=epoch, run_id=rec.run_id)
+                if kept(spec, epoch):  # before resume.pt: a resumed run finds every kept epoch up to its own
+                    keep_epoch(rec, ckpt_dir, model, prepared.meta, spec, epoch)
                 score = next(iter(val.values())) if val else -math.inf
                 improved = bool(val) and score > done.best_score
                 if improved:
