@@ -11,10 +11,10 @@ from ssbench.models import MODELS, Normalized, build_model, count_parameters, he
 from ssbench.specs import ModelSpec
 
 SHAPES = [(1, 28), (3, 32), (1, 8)]
-MIN_SIZE = {"lenet": 13, "lenet-cifar": 18}
+MIN_SIZE = {"lenet": 28, "lenet-unpadded": 32, "lenet-cifar": 18}
 
 
-@pytest.mark.parametrize("name", ["lenet", "lenet-cifar", "mlp", "resnet20", "resnet56"])
+@pytest.mark.parametrize("name", ["lenet", "lenet-unpadded", "lenet-cifar", "mlp", "resnet20", "resnet56"])
 @pytest.mark.parametrize("channels,size", SHAPES)
 def test_small_models_output_shape(name: str, channels: int, size: int) -> None:
     assert name in MODELS
@@ -66,6 +66,16 @@ def test_lenet_architecture() -> None:
     assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)] == [6, 16, 120]
     assert [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, nn.Linear)] == [(120, 84), (84, 10)]
     assert _no_inplace(m)
+
+
+def test_lenet_unpadded_is_biotorchs_network_at_32px() -> None:
+    """BioTorch's LeNetMNIST on 32x32: 28 -> 14 -> 10 -> 5 -> conv3 1x1x120 -> fc 120 -> 84 -> 10."""
+    m = build_model(ModelSpec(name="lenet-unpadded"), num_classes=10, in_channels=1, image_size=32)
+    convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+    assert [c.padding for c in convs] == [(0, 0)] * 3
+    assert [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, nn.Linear)] == [(120, 84), (84, 10)]
+    padded = build_model(ModelSpec(name="lenet"), num_classes=10, in_channels=1, image_size=32)
+    assert [l.in_features for l in padded.modules() if isinstance(l, nn.Linear)] == [480, 84]
 
 
 def test_mlp_hidden_and_forward_matches_manual() -> None:

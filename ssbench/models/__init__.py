@@ -1,7 +1,7 @@
 """Models: ``build_model(ModelSpec, num_classes=, in_channels=, image_size=) -> nn.Module`` (bare
 network, no normalisation; wrap it in :class:`Normalized`), ``head_of`` / ``replace_head``.
 
-Registered in :data:`MODELS`: ``lenet``, ``lenet-cifar``, ``mlp``, ``resnet20``, ``resnet56``.
+Registered in :data:`MODELS`: ``lenet``, ``lenet-unpadded``, ``lenet-cifar``, ``mlp``, ``resnet20``, ``resnet56``.
 Any other name is looked up among torchvision's classification models (``resnet18``, ``vgg16``,
 ``alexnet``, ...; see :func:`torchvision_names`). Every built model is checked with a dummy forward
 at the requested input shape, so an image size too small for the architecture is a one-line
@@ -45,6 +45,13 @@ def _lenet(spec: ModelSpec, num_classes: int, in_channels: int, image_size: int)
     """LeNet-5 of BioTorch's MNIST experiments (Sanfiz & Akrout 2021), 28x28 inputs."""
     _ours(spec, "ours")
     return LeNet(num_classes, in_channels, image_size)
+
+
+@MODELS.register("lenet-unpadded")
+def _lenet_unpadded(spec: ModelSpec, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """BioTorch's LeNetMNIST exactly (conv1 unpadded): its 32x32 experiments (Table 1)."""
+    _ours(spec, "ours")
+    return LeNet(num_classes, in_channels, image_size, padding=0)
 
 
 @MODELS.register("lenet-cifar")

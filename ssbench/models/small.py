@@ -25,20 +25,24 @@ class LeNet(nn.Module):
     conv 5x5 -> 6, ReLU, max-pool 2 | conv 5x5 -> 16, ReLU, max-pool 2 | conv 5x5 -> 120, ReLU |
     fc 84, ReLU | fc num_classes.
 
-    One deliberate difference: conv1 pads by 2 (as LeCun's LeNet-5, which expects 32x32). BioTorch's
-    stored code has no padding, which leaves a 4x4 map for the 5x5 conv3 on 28x28 inputs and cannot
-    run; with the padding a 28x28 image gives conv3 a 5x5 map and a 1x1x120 output, the 120-unit
-    layer of the paper. Other sizes flatten ``120 x s x s`` (32x32 inputs: s = 2).
+    One deliberate difference in `lenet`: conv1 pads by 2 (as LeCun's LeNet-5, which expects 32x32).
+    BioTorch's stored code has no padding, which leaves a 4x4 map for the 5x5 conv3 on 28x28 inputs
+    and cannot run; with the padding a 28x28 image gives conv3 a 5x5 map and a 1x1x120 output, the
+    120-unit layer of the paper. Other sizes flatten ``120 x s x s`` (32x32 inputs: s = 2, fc1 480
+    inputs). `lenet-unpadded` (padding=0) is BioTorch's network exactly, for its 32x32 experiments
+    (BioTorch Table 1 resizes Fashion-MNIST to 32x32: conv3 1x1, fc1 120 inputs).
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, padding: int = 2) -> None:
         super().__init__()
-        s = _conv_out(image_size, 5, padding=2) // 2
+        s = _conv_out(image_size, 5, padding=padding) // 2
         s = _conv_out(s, 5) // 2
         s = _conv_out(s, 5)
         if s < 1:
-            raise SpecError(f"lenet needs images of at least 13x13 pixels, got {image_size}x{image_size}; set data.image_size")
-        self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5, padding=2)
+            least = 28 + 2 * (2 - padding)  # conv3 needs a 5x5 map
+            raise SpecError(f"{'lenet' if padding == 2 else 'lenet-unpadded'} needs images of at least "
+                            f"{least}x{least} pixels, got {image_size}x{image_size}; set data.image_size")
+        self.conv1 = nn.Conv2d(in_channels, 6, kernel_size=5, padding=padding)
         self.relu1 = nn.ReLU()
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(6, 16, kernel_size=5)
