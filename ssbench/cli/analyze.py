@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ssbench.cli.options import Artifacts, Db, Device, Quiet
+from ssbench.cli.options import Artifacts, Db, Device, ExampleSeed, ExampleSplit, Quiet
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -43,9 +43,9 @@ def hessian(
     surface: Annotated[bool, typer.Option("--surface", help="2-D loss surface along the top two eigenvectors")] = False,
     points: Annotated[int, typer.Option(help="loss surface: points per axis")] = 21,
     radius: Annotated[float, typer.Option(help="loss surface: alphas, betas in [-radius, radius]")] = 1.0,
-    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    split: ExampleSplit = "train",
     batch_size: Annotated[int, typer.Option(help="examples per Hessian-vector product batch")] = 256,
-    seed: Annotated[int, typer.Option(help="example selection and random probes")] = 0,
+    seed: ExampleSeed = 0,
     db: Db = None,
     artifacts: Artifacts = None,
     device: Device = "auto",
@@ -112,9 +112,9 @@ def trajectory(
     pca: Annotated[bool, typer.Option("--pca/--no-pca", help="PCA trajectory and the loss plane around it")] = True,
     points: Annotated[int, typer.Option(help="loss plane: points per axis")] = 21,
     margin: Annotated[float, typer.Option(help="loss plane: widen the path's extent by this share per side")] = 0.25,
-    split: Annotated[str, typer.Option(help="train or test")] = "train",
+    split: ExampleSplit = "train",
     batch_size: Annotated[int, typer.Option(help="examples per batch")] = 256,
-    seed: Annotated[int, typer.Option(help="example selection and random probes")] = 0,
+    seed: ExampleSeed = 0,
     db: Db = None,
     artifacts: Artifacts = None,
     device: Device = "auto",

@@ -20,6 +20,9 @@ Artifacts = Annotated[
 ]
 Device = Annotated[str, typer.Option(help="auto (cuda when present), cpu, cuda, cuda:N")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")]
+# the fixed example set of the curvature analyses (analyze hessian, analyze trajectory)
+ExampleSplit = Annotated[str, typer.Option("--split", help="train or test")]
+ExampleSeed = Annotated[int, typer.Option("--seed", help="example selection and random probes")]
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
