@@ -1,4 +1,5 @@
-"""Specs of the analysis jobs (Hessian spectrum, corruption robustness); unknown keys are errors."""
+"""Specs of the analysis jobs (Hessian spectrum, curvature over training, corruption robustness);
+unknown keys are errors."""
 from __future__ import annotations
 
 from typing import Literal
@@ -8,15 +9,26 @@ from pydantic import Field, field_validator
 from ssbench.specs import Spec
 
 
-class HessianSpec(Spec):
-    """Curvature of a trained run's loss w.r.t. its forward parameters (model in eval mode)."""
+class CurvatureSpec(Spec):
+    """What every curvature analysis shares: the fixed example set the loss is averaged over and the
+    estimators' budgets, so `analyze hessian` and `analyze trajectory` with the same values compute
+    the same numbers on the same weights."""
 
     target: str = Field(description="run id (or checkpoint path) of the trained model")
-    split: Literal["train", "test"] = Field(default="train", description="examples the loss is summed over")
+    split: Literal["train", "test"] = Field(default="train", description="examples the loss is averaged over")
     n_examples: int = Field(default=512, ge=1, description="size of the fixed example set (seeded)")
     batch_size: int = Field(default=256, ge=1)
     probes: int = Field(default=100, ge=2, description="Hutchinson probes for the trace")
-    iters: int = Field(default=50, ge=2, description="power-iteration / Lanczos steps")
+    iters: int = Field(default=50, ge=2, description="Lanczos (and power-iteration) steps")
+    seed: int = 0
+    device: str = "auto"
+    recipe: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+class HessianSpec(CurvatureSpec):
+    """Curvature of a trained run's loss w.r.t. its forward parameters (model in eval mode)."""
+
     top_k: int = Field(default=2, ge=1, description="top eigenvalues reported (Lanczos)")
     density: bool = Field(default=False, description="stochastic Lanczos quadrature eigenvalue density")
     density_probes: int = Field(default=4, ge=1)
@@ -25,10 +37,6 @@ class HessianSpec(Spec):
     surface: bool = Field(default=False, description="2-D loss surface along the top two eigenvectors")
     surface_points: int = Field(default=21, ge=3, description="points per axis (odd keeps 0 on the grid)")
     surface_radius: float = Field(default=1.0, gt=0, description="alphas, betas in [-r, r] (parameter-space distance)")
-    seed: int = 0
-    device: str = "auto"
-    recipe: str | None = None
-    tags: tuple[str, ...] = ()
 
 
 class CorruptionSpec(Spec):
@@ -54,21 +62,12 @@ class CorruptionSpec(Spec):
         return tuple(sorted(v))
 
 
-class TrajectorySpec(Spec):
+class TrajectorySpec(CurvatureSpec):
     """Curvature over training and the PCA weight trajectory of a run that kept its epochs."""
 
     target: str = Field(description="run id of a trained run with kept epoch checkpoints (keep_epochs)")
-    split: Literal["train", "test"] = Field(default="train", description="examples the loss is averaged over")
-    n_examples: int = Field(default=512, ge=1, description="size of the fixed example set (seeded, as analyze hessian)")
-    batch_size: int = Field(default=256, ge=1)
     hessian: bool = Field(default=True, description="trace and top eigenvalue at the analysed epochs")
-    probes: int = Field(default=100, ge=2, description="Hutchinson probes for the trace")
-    iters: int = Field(default=50, ge=2, description="Lanczos steps for the top eigenvalue")
     every: int = Field(default=1, ge=1, description="Hessian at every N-th kept epoch (always the first and last)")
     pca: bool = Field(default=True, description="weight trajectory on its first two principal directions")
     points: int = Field(default=21, ge=3, description="loss grid: points per axis of the PCA plane")
     margin: float = Field(default=0.25, ge=0, description="loss grid: extends the trajectory's extent by this share per side")
-    seed: int = 0
-    device: str = "auto"
-    recipe: str | None = None
-    tags: tuple[str, ...] = ()

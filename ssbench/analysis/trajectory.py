@@ -121,7 +121,6 @@ def run_trajectory(spec: TrajectorySpec, store: Any, *, console: Console | None 
         path_loss: list[float] = []  # the loss along the path itself, on the same examples
         with progress_bar(console, quiet) as progress:
             task = progress.add_task(f"run {run_id}: {len(kept)} kept epochs", total=len(kept))
-            last_model = None
             for epoch in kept:
                 model = load_trained(store, run_id, device, tag=epoch_tag(epoch)).model
                 thetas[epoch] = flat_params(model)
@@ -138,14 +137,12 @@ def run_trajectory(spec: TrajectorySpec, store: Any, *, console: Console | None 
                                        params={**p, "iters": top.iterations, "method": "lanczos"})
                     rec.log_evaluation("trajectory_loss", loss, split=spec.split, params=p)
                     rows.append({"epoch": epoch, "loss": loss, "trace": tr.mean, "stderr": tr.stderr, "top_eig": top.values[0]})
-                last_model = model
                 progress.advance(task)
             summary: dict[str, Any] = {"n": len(indices), "indices": indices, "kept_epochs": kept, "hessian_epochs": epochs if spec.hessian else []}
             if spec.pca:
                 proj = project_trajectory(torch.stack([thetas[e] for e in kept]))
                 alphas, betas = plane_grid(proj.coords, spec.points, spec.margin)
-                assert last_model is not None
-                op = model_hessian(last_model, batches)  # the final weights are the plane's origin
+                # `op` is still the last kept epoch's: the final weights are the plane's origin
                 plane = progress.add_task("loss on the PCA plane", total=len(alphas) * len(betas))
                 grid = loss_surface(op, proj.directions[0], proj.directions[1], alphas, betas,
                                     on_point=lambda: progress.advance(plane))

@@ -69,6 +69,7 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
         hessian_runs,
         labels_of,
         robust_table,
+        trainability_table,
         trajectory_planes,
         trajectory_points,
     )
@@ -118,8 +119,6 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
         for (model, dataset, bits), sub in corr.groupby(figure_keys, sort=False, dropna=False):
             fig = plots.plot_corruptions(sub, title=f"accuracy under corruptions: {_on(model, dataset, bits)}")
             files += plots.save_figure(fig, out, _slug("corruptions", model, dataset, _bits(bits)))
-    from ssbench.report.tables import trainability_table
-
     train_map = (tables or {}).get("trainability")
     train_map = trainability_table(store, f, labels) if train_map is None else train_map
     for (rule, model, dataset, variant), sub in train_map.groupby(["rule", "model", "dataset", "variant"], sort=False, dropna=False):

@@ -9,6 +9,7 @@ difference), so a mean ± std is always over seeds of one configuration, never o
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -79,6 +80,14 @@ def _agg(df: pd.DataFrame, keys: list[str], value: str, prefix: str) -> pd.DataF
         return pd.DataFrame(columns=[*keys, f"{prefix}_mean", f"{prefix}_std", "n"])
     g = df.groupby(keys, sort=False, dropna=False)[value]
     out = pd.DataFrame({f"{prefix}_mean": g.mean(), f"{prefix}_std": g.agg(_std), "n": g.count()}).reset_index()
+    return out
+
+
+def _agg_each(df: pd.DataFrame, keys: list[str], values: Sequence[str]) -> pd.DataFrame:
+    """`_agg` of several columns side by side (<v>_mean, <v>_std for each, one n: the first's)."""
+    out = _agg(df, keys, values[0], values[0])
+    for v in values[1:]:
+        out = out.merge(_agg(df, keys, v, v).drop(columns="n"), on=keys)
     return out
 
 
@@ -346,10 +355,7 @@ def alignment_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Dat
     runs["norm_ratio_final"] = fin["norm_ratio"]
     runs["grad_angle_final"] = fin["grad_angle_deg"]
     runs = runs.reset_index()
-    out = _agg(runs, keys, "angle_final", "angle_final")
-    for v in values:
-        if v != "angle_final":
-            out = out.merge(_agg(runs, keys, v, v).drop(columns="n"), on=keys)
+    out = _agg_each(runs, keys, ["angle_final", *(v for v in values if v != "angle_final")])
     g = runs.groupby(keys, sort=False, dropna=False)
     out = out.merge(g["initial_epoch"].min().reset_index(), on=keys).merge(g["final_epoch"].max().reset_index(), on=keys)
     out = out.merge(g["layer_order"].min().reset_index(), on=keys)
@@ -458,10 +464,7 @@ def hessian_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     cols = [*keys, "trace_mean", "trace_std", "top_eig_mean", "top_eig_std", "loss_mean", "loss_std", "n", "seeds"]
     if h.empty:
         return pd.DataFrame(columns=cols)
-    out = _agg(h, keys, "trace", "trace")
-    for v in ("top_eig", "loss"):
-        out = out.merge(_agg(h, keys, v, v).drop(columns="n"), on=keys)
-    out = out.merge(_seeds(h, keys), on=keys, how="left")
+    out = _agg_each(h, keys, ("trace", "top_eig", "loss")).merge(_seeds(h, keys), on=keys, how="left")
     return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant"])
 
 
@@ -502,10 +505,7 @@ def trajectory_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Da
     cols = [*keys, "loss_mean", "loss_std", "trace_mean", "trace_std", "top_eig_mean", "top_eig_std", "n", "seeds"]
     if t.empty:
         return pd.DataFrame(columns=cols)
-    out = _agg(t, keys, "loss", "loss")
-    for v in ("trace", "top_eig"):
-        out = out.merge(_agg(t, keys, v, v).drop(columns="n"), on=keys)
-    out = out.merge(_seeds(t, keys), on=keys, how="left")
+    out = _agg_each(t, keys, ("loss", "trace", "top_eig")).merge(_seeds(t, keys), on=keys, how="left")
     return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant", "epoch"])
 
 

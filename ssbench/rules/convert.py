@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ssbench.errors import SpecError
-from ssbench.rules.base import RULES, Init, Rule, reinit_, xavier_init_
+from ssbench.rules.base import RULES, Init, Rule, reinit_
 from ssbench.rules.functions import CaptureErrorFn, ErrorBox
 from ssbench.rules.layers import FeedbackConv2d, FeedbackLayer, FeedbackLinear
 from ssbench.specs import RuleSpec
@@ -103,9 +103,7 @@ def xavier_init(model: nn.Module, *, seed: int = 0, skip: Sequence[str] = ()) ->
     """BioTorch's from-scratch init without a conversion (a BP pretrain): every nn.Linear / nn.Conv2d
     `convert` would cover, in its order, gets W xavier-uniform and bias 0, exactly as
     `convert(..., from_scratch=True)` with init='xavier' would give it. Returns `model` (in place)."""
-    for index, (_, module) in enumerate(_targets(model, tuple(skip))):
-        xavier_init_(module, seed, index)
-    return model
+    return scratch_init(model, RuleSpec(init="xavier", skip=tuple(skip)), seed=seed)
 
 
 def scratch_init(model: nn.Module, rule: RuleSpec, *, seed: int = 0) -> nn.Module:
