@@ -38,3 +38,8 @@ class StoreError(SsbenchError):
 
 class ArtifactError(CheckpointError):
     """An artifact file (checkpoint, retrieval split) is missing or is not the file the store recorded."""
+
+
+class StorageError(SsbenchError):
+    """A write was refused by the file system or the database: no space left, read-only, permission
+    denied. The message names what was being written and where."""

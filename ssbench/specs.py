@@ -6,8 +6,9 @@ in a recipe fails loudly instead of silently using a default.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -25,13 +26,26 @@ GradientMode = Literal["feedback", "exact", "transfer"]
 GRADIENT_MODES: tuple[GradientMode, ...] = ("feedback", "exact", "transfer")
 
 
+TrainKind = Literal["pretrain", "finetune", "train"]
+# every kind of run the store holds: the training kinds, then the jobs that read a trained model
+RUN_KINDS: tuple[str, ...] = (*get_args(TrainKind), "attack", "analysis")
+RUN_STATUSES: tuple[str, ...] = ("running", "finished", "failed")
+
+
 class Spec(BaseModel):
     """Base of every spec. `LATE_FIELDS` names fields added after runs were stored: they are left out
     of dumps while they hold their default, so the stored configs and config hashes of runs made
     before a field existed stay what they were (a missing field reads back as its default)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite or NaN float (--eps inf, --lr nan) is refused where it is read,
+    # not found later as a crash or a meaningless run
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     LATE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with ``changes``, validated like any spec (``model_copy(update=...)`` is not: it
+        would let an override such as cpus=-1 or epochs=0 through unchecked)."""
+        return type(self).model_validate({**dict(self), **changes})
 
     @model_serializer(mode="wrap")
     def _omit_late_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -51,13 +65,29 @@ class DataSpec(Spec):
         default=None, description="class subset; labels are remapped to 0..k-1 in the given order"
     )
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    split_seed: int = 0
+    split_seed: int = Field(default=0, ge=0)
     train_limit: int | None = Field(default=None, ge=1, description="subsample train (after the split)")
     test_limit: int | None = Field(default=None, ge=1, description="subsample test, stratified, fixed seed")
     image_size: int | None = Field(default=None, ge=8, description="resize images (e.g. 224 for ImageNet backbones)")
     channels: int | None = Field(default=None, description="force 1 or 3 channels (grey -> RGB for torchvision models)")
     augment: bool = False
     download: bool = True
+
+    @field_validator("classes")
+    @classmethod
+    def _two_distinct_classes(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        # here, not at load time: a recipe or a CLI call is refused before any run row exists.
+        # One class trains a classifier that cannot be wrong and hash codes with nothing to rank.
+        if v is None:
+            return v
+        if len(set(v)) != len(v):
+            raise ValueError(f"{list(v)} repeats a class; list each class once")
+        if len(v) < 2:
+            raise ValueError(f"{list(v)} is {'one class' if v else 'empty'}; a subset needs at least two "
+                             "classes (e.g. 0-4), or leave it unset for all")
+        if min(v) < 0:
+            raise ValueError(f"{list(v)}: class ids are 0 or more")
+        return v
 
 
 class ModelSpec(Spec):
@@ -71,7 +101,7 @@ class RuleSpec(Spec):
 
     name: RuleName = "bp"
     theta: float | None = Field(default=None, ge=0.0, le=180.0, description="ifa: initial angle(W, B) in degrees")
-    seed: int | None = Field(default=None, description="seed of the feedback weights; default: the run seed")
+    seed: int | None = Field(default=None, ge=0, description="seed of the feedback weights; default: the run seed")
     skip: tuple[str, ...] = Field(default=(), description="module names (fnmatch patterns) kept exact")
     init: Literal["default", "xavier", "gaussian"] = Field(
         default="default",
@@ -153,7 +183,7 @@ class TrainSpec(Spec):
 
     LATE_FIELDS = ("keep_epochs",)
 
-    kind: Literal["pretrain", "finetune", "train"] = "pretrain"
+    kind: TrainKind = "pretrain"
     task: Literal["classification", "hashing"] = "classification"
     data: DataSpec = DataSpec()
     model: ModelSpec = ModelSpec()
@@ -163,7 +193,7 @@ class TrainSpec(Spec):
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=512, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     deterministic: bool = False
     device: str = "auto"
     select: Literal["best", "last"] = Field(default="best", description="which checkpoint the run exports (val accuracy)")
@@ -210,7 +240,7 @@ class AttackSpec(Spec):
     loss: Literal["ce", "margin"] = Field(
         default="ce", description="loss of fgsm/pgd: ce (the papers') or margin (CW, does not saturate)"
     )
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     device: str = "auto"
     recipe: str | None = None
     tags: tuple[str, ...] = ()
@@ -238,7 +268,9 @@ def parse_eps_value(v: object) -> float:
             raise ValueError(f"epsilon {v!r} is not a number or a fraction like 8/255") from None
     else:
         value = float(v)  # type: ignore[arg-type]
-    if not value >= 0:  # also rejects nan
+    if not math.isfinite(value):
+        raise ValueError(f"epsilon {v!r} is not a finite number")
+    if value < 0:
         raise ValueError(f"epsilon {v!r} is negative")
     return value
 

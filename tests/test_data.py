@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from pydantic import ValidationError
+
 from ssbench.data import (
     DATASETS,
     TensorImageDataset,
+    check_data,
     load_data,
     make_loader,
     read_idx,
@@ -83,14 +86,33 @@ def test_fashion_from_data_dir_and_remap(tmp_path: Path) -> None:
 
 
 def test_class_subset_validation() -> None:
-    for bad in [(10,), (-1,), (1, 1), ()]:
+    # out of range: known only with the data set's class count, checked before any data is read
+    for bad in [(0, 10), (9, 10)]:
+        with pytest.raises(SpecError, match="out of range; class ids are 0..9"):
+            check_data(DataSpec(name="digits", classes=bad))
         with pytest.raises(SpecError):
             load_data(DataSpec(name="digits", classes=bad))
+
+
+@pytest.mark.parametrize("classes, message", [
+    ((3,), "[3] is one class; a subset needs at least two classes"),
+    ((), "[] is empty; a subset needs at least two classes"),
+    ((3, 3), "[3, 3] repeats a class"),
+    ((1, 2, 1), "[1, 2, 1] repeats a class"),
+    ((-1, 2), "class ids are 0 or more"),
+])
+def test_class_subsets_a_spec_cannot_hold(classes: tuple[int, ...], message: str) -> None:
+    """Refused by the spec itself, so a recipe and a Python caller meet it before any run exists."""
+    with pytest.raises(ValidationError) as info:
+        DataSpec(name="digits", classes=classes)
+    assert message in str(info.value)
+    assert DataSpec(name="digits", classes=(3, 4)).classes == (3, 4)
 
 
 def test_missing_data_dir_one_line_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSBENCH_DATA", str(tmp_path / "empty"))
     monkeypatch.setattr("ssbench.data.sources.DEBIAN_FASHION_MNIST", tmp_path / "nope")
+    (tmp_path / "missing").mkdir()
     with pytest.raises(DataNotFoundError) as info:
         load_data(DataSpec(name="fashion-mnist", data_dir=tmp_path / "missing", download=False))
     msg = str(info.value)
@@ -102,6 +124,26 @@ def test_missing_data_dir_one_line_error(tmp_path: Path, monkeypatch: pytest.Mon
     with pytest.raises(DataNotFoundError):
         load_data(DataSpec(name="imagenet", data_dir=tmp_path))
     assert isinstance(info.value, SsbenchError)
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist", "digits", "cifar10"])
+def test_named_data_dir_that_does_not_exist_is_refused(tmp_path: Path, name: str) -> None:
+    """No fallback to another copy (Debian's, SSBENCH_DATA): the run would record a folder it never read."""
+    with pytest.raises(DataNotFoundError) as info:
+        load_data(DataSpec(name=name, data_dir=tmp_path / "nope"))
+    msg = str(info.value)
+    assert msg.startswith(f"data folder {tmp_path / 'nope'} does not exist") and "\n" not in msg
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DataNotFoundError, match="is not a folder"):
+        check_data(DataSpec(name=name, data_dir=tmp_path / "file"))
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_named_data_dir_without_the_files_does_not_fall_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSBENCH_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match=f"in {tmp_path / 'empty'} "):
+        load_data(DataSpec(name="fashion-mnist", data_dir=tmp_path / "empty", download=False))
 
 
 def test_stratified_split_disjoint_and_sizes() -> None:

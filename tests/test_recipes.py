@@ -289,3 +289,62 @@ def test_lists_of_numbers_are_one_line_errors(tmp_path: Path, args: list[str]) -
     res = CliRunner().invoke(app, [str(p) if a == "RECIPE" else a for a in args])
     assert res.exit_code == 2 and "expected whole numbers separated by commas" in res.output
     assert res.output.strip().count("\n") == 0
+
+
+def _arithmetic_jobs(path: Path) -> int:
+    """seeds x models x train limits x (pretrain + rules x (fine-tune + attack)), from the YAML alone."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text())
+    models = raw.get("models", [{}])
+    models = [models] if isinstance(models, (dict, str)) else models
+    ft = raw["finetune"]
+    pre = 1 if raw.get("pretrain") is not None and not ft.get("from_scratch", False) else 0
+    per_rule = 1 + (1 if raw.get("attack") is not None else 0)
+    return (len(raw.get("seeds", [0])) * len(models) * len(raw.get("train_limits", [None]))
+            * (pre + len(ft["rules"]) * per_rule))
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_job_count_without_expanding_is_the_plan_length(path: Path) -> None:
+    from ssbench.recipes import plan
+    from ssbench.recipes.plan import count_jobs
+
+    recipe = load_recipe(path)
+    assert count_jobs(recipe) == len(plan(recipe)) == _arithmetic_jobs(path)
+    ov = Overrides(seeds=(3, 4, 5), epochs=1, train_limit=50)
+    assert count_jobs(recipe, ov) == len(plan(recipe, ov))
+
+
+def test_job_count_where_jobs_coincide(tmp_path: Path) -> None:
+    """Repeated seeds and rules, and per-rule epochs that --epochs replaces, are one job each, as in the plan."""
+    from ssbench.recipes import plan
+    from ssbench.recipes.plan import count_jobs
+
+    p = tmp_path / "r.yaml"
+    p.write_text(SMALL.replace("seeds: [0, 1]", "seeds: [0, 1, 1]")
+                 .replace("rules: [bp, {name: ifa, theta: 30}]", "rules: [bp, bp, {name: fa, epochs: 2}, fa]"))
+    recipe = load_recipe(p)
+    assert count_jobs(recipe) == len(plan(recipe)) == 2 * (1 + 3)
+    assert count_jobs(recipe, Overrides(epochs=1)) == len(plan(recipe, Overrides(epochs=1))) == 2 * (1 + 2)
+
+
+def test_plan_refuses_a_grid_above_max_jobs(tmp_path: Path) -> None:
+    from ssbench.recipes import plan
+
+    p = tmp_path / "r.yaml"
+    p.write_text(SMALL)  # 2 seeds x (pretrain + 2 rules) = 6 jobs
+    with pytest.raises(SpecError, match=r"^recipe tiny expands to 6 jobs \(limit 5\); pass --max-jobs 6"):
+        plan(load_recipe(p), max_jobs=5)
+    assert len(plan(load_recipe(p), max_jobs=6)) == len(plan(load_recipe(p), max_jobs=None)) == 6
+
+
+@pytest.mark.parametrize("text, where", [("seeds: []", "seeds"), ("models: []", "models"),
+                                         ("train_limits: [0]", "train_limits.0")])
+def test_empty_or_zero_grid_axes_are_refused(tmp_path: Path, text: str, where: str) -> None:
+    p = tmp_path / "r.yaml"
+    p.write_text(SMALL.replace("seeds: [0, 1]", text) if text.startswith("seeds") else SMALL + text + "\n")
+    if text.startswith("models"):
+        p.write_text(SMALL.replace("models: [{name: mlp, hidden: [32]}]", text))
+    with pytest.raises(SpecError, match=f"^recipe .*: {where}: "):
+        load_recipe(p)

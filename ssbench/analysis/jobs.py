@@ -29,6 +29,7 @@ from ssbench.analysis.hessian import (
 )
 from ssbench.analysis.specs import CorruptionSpec, HessianSpec
 from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
 
 
 def progress_bar(console: Console, quiet: bool) -> Progress:
@@ -97,7 +98,7 @@ def run_hessian(spec: HessianSpec, store: Any, *, console: Console | None = None
     surface of the run's loss on a fixed example set; returns the analysis run's id."""
     from ssbench.data import load_data
 
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     trained, device = _load(store, spec.target, spec.device)
     bundle = load_data(trained.spec.data)
     dataset = bundle.train if spec.split == "train" else bundle.test
@@ -203,7 +204,7 @@ def run_corruptions(spec: CorruptionSpec, store: Any, *, console: Console | None
     returns the analysis run's id."""
     from ssbench.data import load_data
 
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     names = corruption_list(spec)
     trained, device = _load(store, spec.target, spec.device)
     bundle = load_data(trained.spec.data)

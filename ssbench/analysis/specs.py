@@ -20,7 +20,7 @@ class CurvatureSpec(Spec):
     batch_size: int = Field(default=256, ge=1)
     probes: int = Field(default=100, ge=2, description="Hutchinson probes for the trace")
     iters: int = Field(default=50, ge=2, description="Lanczos (and power-iteration) steps")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     device: str = "auto"
     recipe: str | None = None
     tags: tuple[str, ...] = ()
@@ -47,7 +47,7 @@ class CorruptionSpec(Spec):
     severities: tuple[int, ...] = (1, 2, 3, 4, 5)
     n_examples: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=256, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     device: str = "auto"
     recipe: str | None = None
     tags: tuple[str, ...] = ()

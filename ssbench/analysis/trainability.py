@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ssbench.errors import SsbenchError
+from ssbench.printing import SafeConsole
 from ssbench.specs import NO_RANDOM_FEEDBACK, DataSpec, ModelSpec, OptimSpec, RuleName, RuleSpec, Spec, TrainSpec
 
 METRIC = "trainability"
@@ -132,7 +133,7 @@ def run_trainability(spec: TrainabilitySpec, store: Any, *, console: Console | N
     from ssbench.data import load_data
     from ssbench.training.device import resolve_device
 
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     chance = 1.0 / load_data(spec.data).num_classes  # also: a missing data set fails before any cell runs
     grid = [(w, b) for b in spec.feedback_vars for w in spec.weight_vars]
     cells: list[Cell] = []

@@ -23,6 +23,7 @@ from ssbench.analysis.hessian import hutchinson_trace, lanczos_top, loss_surface
 from ssbench.analysis.jobs import analysis_run_fields, batches_of, progress_bar, select_indices, stack_examples
 from ssbench.analysis.specs import TrajectorySpec
 from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
 
 EPOCH_TAG = "epoch-"
 
@@ -94,7 +95,7 @@ def run_trajectory(spec: TrajectorySpec, store: Any, *, console: Console | None 
     from ssbench.training.device import resolve_device
     from ssbench.training.job import epoch_tag
 
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     if not spec.target.strip().lstrip("#").isdigit():
         raise SpecError(f"analyze trajectory needs a run id (the kept epochs are in the store), got {spec.target!r}")
     run_id = int(spec.target.strip().lstrip("#"))

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from torch import nn
@@ -19,6 +20,7 @@ from ssbench.attacks.sanity import Check, curve_checks, gradient_consistency
 from ssbench.attacks.starting import predict
 from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
 from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
 from ssbench.specs import AttackSpec, resolve_eps
 
 CONSISTENCY_EXAMPLES = 64
@@ -108,7 +110,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
     from ssbench.training.checkpoint import load_trained
     from ssbench.training.device import resolve_device
 
-    console = console or Console(stderr=True)
+    console = console or SafeConsole(stderr=True)
     device = resolve_device(spec.device)
     target = load_trained(store, spec.target, device)
     hashing = spec.suite == "hashing" or target.spec.task == "hashing"
@@ -124,9 +126,9 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
                 raise
             modes.remove("transfer")
             skipped["transfer"] = str(err)
-            console.print(f"[yellow]transfer mode skipped: {err}[/]")
+            console.print(f"[yellow]transfer mode skipped: {escape(str(err))}[/]")
     if skipped and hashing:
-        spec_run = spec.model_copy(update={"modes": tuple(modes)})
+        spec_run = spec.replace(modes=tuple(modes))
     else:
         spec_run = spec
 
@@ -168,7 +170,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         with progress:
             for atk, mode in jobs:
                 grid = atk.budget_grid or eps_grid
-                task = progress.add_task(f"{atk.name} [{mode}]", total=len(grid))
+                task = progress.add_task(escape(f"{atk.name} [{mode}]"), total=len(grid))
                 with gradient_source(mode, model, sur_model) as g:
                     curve = run_sweep(atk, model, g, x, y, eps_grid, mode=mode, batch_size=spec.batch_size,
                                       pool=(x, y), on_eps=lambda _e, t=task: progress.advance(t))
@@ -243,12 +245,13 @@ def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], c
     for c in failed:
         who = "/".join(v for v in (c.attack, c.mode) if v)
         value = f"{c.value:.3f}" if c.value is not None else "-"
-        console.print(f"[bold red]SANITY CHECK FAILED[/] [red]{c.name} ({who}): value {value}; {c.detail}[/]")
+        console.print(f"[bold red]SANITY CHECK FAILED[/] [red]{escape(f'{c.name} ({who}): value {value}; {c.detail}')}[/]")
     grouped: dict[tuple[str, str], list[str]] = {}
     for c in skipped:  # one line per (check, reason), naming every sweep it applies to
         grouped.setdefault((c.name, c.detail), []).append("/".join(v for v in (c.attack, c.mode) if v))
     for (name, detail), who in grouped.items():
-        console.print(f"[yellow]sanity {name} ({', '.join(who)}) not decided: {detail}[/]")
+        names = ", ".join(who)
+        console.print(f"[yellow]{escape(f'sanity {name} ({names}) not decided: {detail}')}[/]")
     passed = sum(c.passed is True for c in checks)
     style = "bold red" if failed else "green"
     console.print(f"[{style}]sanity checks: {passed} passed, {len(failed)} failed, {len(skipped)} not applicable[/]")

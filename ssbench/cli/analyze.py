@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ssbench.cli.options import Artifacts, Db, Device, ExampleSeed, ExampleSplit, Quiet
+from ssbench.printing import SafeConsole
 
 analyze_app = typer.Typer(
     name="analyze",
@@ -60,7 +60,7 @@ def hessian(
         density_probes=density_probes, surface=surface, surface_points=points, surface_radius=radius,
         split=split, batch_size=batch_size, seed=seed, device=device,
     )
-    run_hessian(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+    run_hessian(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
 
 @analyze_app.command("corruptions", help=CORRUPTIONS_HELP)
@@ -86,7 +86,7 @@ def corruptions(
         n_examples=n, batch_size=batch_size, seed=seed, device=device,
     )
     corruption_list(spec)  # bad names fail before the store is opened
-    run_corruptions(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+    run_corruptions(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
 
 TRAJECTORY_HELP = (
@@ -128,7 +128,7 @@ def trajectory(
         target=run, n_examples=n, probes=probes, iters=iters, every=every, hessian=hessian, pca=pca, points=points,
         margin=margin, split=split, batch_size=batch_size, seed=seed, device=device,
     )
-    run_trajectory(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+    run_trajectory(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
 
 @analyze_app.command("list-corruptions", help="The registered corruptions and what severity scales.")
@@ -143,7 +143,7 @@ def list_corruptions() -> None:
     for name in corruption_names():
         c = CORRUPTIONS.get(name)
         table.add_row(name, c.family, ", ".join(f"{p:g}" for p in c.params), c.help)
-    Console().print(table)
+    SafeConsole().print(table)
 
 
 TRAINABILITY_HELP = (
@@ -195,7 +195,7 @@ def trainability(
         batch_size=batch_size, optim=OptimSpec(name=optimizer, lr=lr, momentum=momentum),  # type: ignore[arg-type]
         seed=seed, device=device, tags=tuple(tag or ()),
     )
-    run_trainability(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+    run_trainability(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from ssbench.cli.options import Artifacts, Db, Device, Quiet
 from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
 from ssbench.specs import GRADIENT_MODES, AttackSpec, parse_eps
 
 HELP = (
@@ -62,7 +62,7 @@ def attack(
         eps=_eps(eps if eps is not None else ("hashing" if suite == "hashing" else "paper")), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
         device=device, loss=loss, transfer_optional=every,
     )
-    run_attack(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+    run_attack(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
 
 def register(app: typer.Typer) -> None:

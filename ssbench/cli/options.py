@@ -62,3 +62,25 @@ def parse_floats(text: str) -> tuple[float, ...]:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise SpecError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def check_filters(*, rule: str | None = None, model: str | None = None,
+                  dataset: str | None = None) -> tuple[str | None, str | None, str | None]:
+    """(rule, model, dataset) filters as the store spells them (lower case). Each must name a
+    registered thing: a typo (--rule xfa) would match no run and read as an empty store, so an
+    unknown name is its registry's one line listing the choices."""
+    if rule is not None:
+        from ssbench.rules import RULES
+
+        RULES.get(rule)
+        rule = rule.lower()
+    if model is not None:
+        from ssbench.models import known_model
+
+        model = known_model(model)
+    if dataset is not None:
+        from ssbench.data import DATASETS
+
+        DATASETS.get(dataset)
+        dataset = dataset.lower()
+    return rule, model, dataset

@@ -5,10 +5,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ssbench.cli.options import Artifacts, Db, Quiet, parse_ints
+from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
+from ssbench.recipes.plan import MAX_JOBS
 
 
 def _plan_table(plan, states) -> Table:  # noqa: ANN001
@@ -45,7 +48,8 @@ def register(app: typer.Typer) -> None:
         report: Annotated[bool, typer.Option("--report/--no-report", help="render the recipe's report stage at the end")] = True,
         out: Annotated[Path | None, typer.Option(help="report folder (tables + plots) [default: the recipe's]")] = None,
         dry_run: Annotated[bool, typer.Option(help="print the plan (jobs, dependencies, state in the store), run nothing")] = False,
-        force: Annotated[bool, typer.Option(help="run even when the recipe's `requires` (gpu, network) are not met here")] = False,
+        force: Annotated[bool, typer.Option(help="run even when the recipe's `requires` (gpu, network) are not met here (not a size limit: see --max-jobs)")] = False,
+        max_jobs: Annotated[int, typer.Option(min=1, help="refuse a grid of more jobs than this, counted before it is expanded (--dry-run too); kept apart from --force, which only skips `requires`, so forcing a GPU recipe onto a CPU does not also lift it")] = MAX_JOBS,
         db: Db = None,
         artifacts: Artifacts = None,
         quiet: Quiet = False,
@@ -69,24 +73,36 @@ def register(app: typer.Typer) -> None:
         from ssbench.recipes.state import plan_state
         from ssbench.store import open_store
 
-        console = Console(stderr=True)
+        console = SafeConsole(stderr=True)
         EXECUTORS.get(executor)  # an unknown name is one line before anything else happens
         recipe = load_recipe(recipe_path)
-        ov = Overrides(
+        ov = Overrides(  # --seeds '' was given: refused as naming no seed, not read as unset
             epochs=epochs, train_limit=train_limit, test_limit=test_limit, n_examples=n_examples, device=device,
-            seeds=parse_ints(seeds, "--seeds"),
+            seeds=None if seeds is None else parse_ints(seeds, "--seeds") or (),
         )
-        resources = recipe.resources.model_copy(update={k: v for k, v in {"cpus": cpus_per_job, "gpus": gpus_per_job}.items()
-                                                        if v is not None})
-        jobs = plan(recipe, ov, resources)
+        resources = recipe.resources.replace(**{k: v for k, v in {"cpus": cpus_per_job, "gpus": gpus_per_job}.items()
+                                                  if v is not None})
+        jobs = plan(recipe, ov, resources, max_jobs=max_jobs)
+        if out is not None and not (report and recipe.report is not None):
+            why = "--no-report was given" if not report else f"recipe {recipe.name} has no report stage"
+            raise SpecError(f"--out {out}: {why}, so nothing would be written; leave --out out")
+        report_out = None
+        if report and recipe.report is not None:
+            from ssbench.report import check_out_dir
+
+            # before any job (and in --dry-run): a bad folder would otherwise surface after the whole grid
+            if out is not None:
+                report_out = check_out_dir(out, "--out")
+            elif recipe.report.out is not None:
+                report_out = check_out_dir(recipe.report.out, "report.out")
         if not (dry_run or force):
             check_requirements(recipe)  # before any output: an unmet requirement is the one line shown
         store = open_store(db, artifacts=artifacts)
-        console.print(f"[bold]recipe {recipe.name}[/]: {recipe.description.strip()}")
+        console.print(f"[bold]recipe {escape(recipe.name)}[/]: {escape(recipe.description.strip())}")
         if dry_run:
             for why in ([] if force else missing_requirements(recipe)):
                 console.print(f"  [yellow]note: requires {why}[/]")
-            Console().print(_plan_table(jobs, plan_state(jobs, store)))
+            SafeConsole().print(_plan_table(jobs, plan_state(jobs, store)))
             return
         runner = make_executor(executor, store, address=address, retries=retries, console=console, quiet=quiet)
         with ConsoleLog(jobs, console, bar=executor != "local" and not quiet) as log:
@@ -101,8 +117,8 @@ def register(app: typer.Typer) -> None:
             from ssbench.report import build_report
 
             build_report(
-                store, recipe=recipe.name, formats=recipe.report.formats, out=out or recipe.report.out,
-                plots=recipe.report.plots, console=Console(),
+                store, recipe=recipe.name, formats=recipe.report.formats, out=report_out,
+                plots=recipe.report.plots, console=SafeConsole(),
             )
         if result.failed:
             console.print(f"{len(result.failed)} job(s) failed or skipped; run the recipe again to retry them "

@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from ssbench.cli.options import Artifacts, Db
+from ssbench.cli.options import Artifacts, Db, check_filters
+from ssbench.printing import SafeConsole
 
 # the names of ssbench.report.tables.TABLES, spelled out: importing that module here would load
 # pandas for every command (tests/test_report.py checks the two lists agree)
@@ -52,15 +53,15 @@ def register(app: typer.Typer) -> None:
         table: Annotated[TableName, typer.Option("--table", "-t", help="which table (all = every table that has data; hashing includes hashing attacks)")] = "all",
         plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG)")] = True,
     ) -> None:
-        from rich.console import Console
 
         from ssbench.report import build_report
         from ssbench.store import open_store
 
+        rule, model, dataset = check_filters(rule=rule, model=model, dataset=dataset)
         # machine formats to stdout must stay parseable: no wrapping, no colour, messages on stderr
         piped = fmt != "terminal" and out is None
-        console = Console(soft_wrap=True, color_system=None) if piped else Console()
+        console = SafeConsole(soft_wrap=True, color_system=None) if piped else SafeConsole()
         build_report(
             open_store(db, artifacts=artifacts), recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule, tables=table,
-            formats=(fmt,), out=out, plots=plots, console=console, notes=Console(stderr=True) if piped else None,
+            formats=(fmt,), out=out, plots=plots, console=console, notes=SafeConsole(stderr=True) if piped else None,
         )

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ssbench.printing import SafeConsole
 
 
 def register(app: typer.Typer) -> None:
@@ -15,4 +16,4 @@ def register(app: typer.Typer) -> None:
         table = Table("rule", "feedback B used for the input gradient")
         for name in RULES.names():
             table.add_row(name, RULES.help(name))
-        Console().print(table)
+        SafeConsole().print(table)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
-from ssbench.cli.options import Artifacts, Db
+from ssbench.cli.options import Artifacts, Db, check_filters
+from ssbench.specs import RUN_KINDS, RUN_STATUSES
+from ssbench.printing import SafeConsole
 
 
 def key_metric(run: Any, evaluations: dict[int, dict[str, float]]) -> str:
@@ -36,6 +38,9 @@ def _fmt_seconds(s: Any) -> str:
     return f"{s:.1f}" if s < 100 else f"{s / 60:.1f} min" if s < 6000 else f"{s / 3600:.1f} h"
 
 
+# the choices typer shows and checks (an unknown kind matched nothing, silently)
+RunKind = Literal[RUN_KINDS]  # type: ignore[valid-type]
+RunStatus = Literal[RUN_STATUSES]  # type: ignore[valid-type]
 STATUS_STYLE = {"finished": "green", "failed": "bold red", "running": "yellow"}
 
 
@@ -50,15 +55,15 @@ def register(app: typer.Typer) -> None:
     def runs(
         db: Db = None,
         artifacts: Artifacts = None,
-        kind: Annotated[str | None, typer.Option(help="pretrain, train, finetune, attack, ...")] = None,
-        status: Annotated[str | None, typer.Option(help="running, finished or failed")] = None,
+        kind: Annotated[RunKind | None, typer.Option(help="kind of run")] = None,
+        status: Annotated[RunStatus | None, typer.Option(help="state of the run")] = None,
         rule: Annotated[str | None, typer.Option("--rule", "-r", help="learning rule (attack runs: the target's)")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m")] = None,
         dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
         recipe: Annotated[str | None, typer.Option(help="runs of this recipe")] = None,
         tag: Annotated[str | None, typer.Option(help="runs carrying this tag")] = None,
         parent: Annotated[int | None, typer.Option(help="children of this run (fine-tunes of a pretrain, attacks of a model)")] = None,
-        limit: Annotated[int, typer.Option("--limit", "-n", help="show the newest N runs (0 = all)")] = 50,
+        limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="show the newest N runs (0 = all)")] = 50,
         fail_stale: Annotated[bool, typer.Option("--fail-stale", help="mark failed the 'running' runs of this host whose process is gone (SIGKILL, out of memory)")] = False,
     ) -> None:
         """List runs in the results store, oldest first (the newest --limit of them).
@@ -70,7 +75,6 @@ def register(app: typer.Typer) -> None:
         --fail-stale marks those failed.
         """
         from rich import box as rich_box
-        from rich.console import Console
         from rich.markup import escape
         from rich.table import Table
 
@@ -78,8 +82,9 @@ def register(app: typer.Typer) -> None:
 
         from ssbench.store import open_store
 
+        rule, model, dataset = check_filters(rule=rule, model=model, dataset=dataset)
         store = open_store(db, artifacts=artifacts)
-        console = Console()
+        console = SafeConsole()
         if fail_stale:
             ids = store.fail_stale()
             console.print(f"marked {len(ids)} stale run(s) failed" + (f": {', '.join(map(str, ids))}" if ids else ""))
@@ -128,7 +133,7 @@ def register(app: typer.Typer) -> None:
         """Everything stored about one run: configuration, provenance (git commit, package versions,
         host), per-epoch metrics (last and best), evaluations, checkpoints, attack sweeps (robust
         accuracy per attack x mode x ε, with the per-example worst case) and sanity checks."""
-        from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         from ssbench.report.render import to_rich
@@ -137,7 +142,7 @@ def register(app: typer.Typer) -> None:
 
         store = open_store(db, artifacts=artifacts)
         run = store.get_run(run_ref)
-        console = Console()
+        console = SafeConsole()
         console.print(f"[bold]run {run.id}[/] {run.kind} {_status_cell(store, run)}"
                       + (f"  parent {run.parent_id}" if run.parent_id is not None else ""))
         facts = {
@@ -152,7 +157,7 @@ def register(app: typer.Typer) -> None:
         console.print("  versions     " + ", ".join(f"{k} {v}" for k, v in (run.versions or {}).items() if v),
                       highlight=False, markup=False)
         if run.error:
-            console.print(f"[bold red]error:[/] {run.error}", markup=True, highlight=False)
+            console.print(f"[bold red]error:[/] {escape(run.error)}", markup=True, highlight=False)
         if config:
             console.print("[bold]config[/]")
             console.print_json(json.dumps(run.config))

@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 
 from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats, parse_ints
 from ssbench.errors import SpecError
+from ssbench.printing import SafeConsole
 from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 
 Kind = Literal["pretrain", "train", "finetune"]
@@ -82,8 +82,8 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
 
     def command(
         dataset: Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet; hashing only: list-retrieval, coco, nuswide, imagenet100 (DeepHash list files in --data-dir)")] = "fashion-mnist",
-        data_dir: Annotated[Path | None, typer.Option(help="folder with the data set's files (default: Debian's /usr/share/datasets, then ~/.cache/ssbench/data)")] = None,
-        classes: Annotated[str | None, typer.Option(help="class subset, e.g. 0-4 or 5,6,7 (labels remapped to 0..k-1)")] = None,
+        data_dir: Annotated[Path | None, typer.Option(help="folder with the data set's files; it must exist, and is then the only place looked (a download goes there) [default: $SSBENCH_DATA, Debian's /usr/share/datasets, then ~/.cache/ssbench/data]")] = None,
+        classes: Annotated[str | None, typer.Option(help="class subset of two or more classes, e.g. 0-4 or 5,6,7 (labels remapped to 0..k-1)")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="lenet, lenet-cifar, mlp, resnet20, resnet56, or a torchvision name (resnet18, vgg16, alexnet)" + (" [default: the source's]" if kind == "finetune" else " [default: lenet]"))] = None,
         hidden: Annotated[str | None, typer.Option(help="mlp hidden widths, e.g. 256,256")] = None,
         torchvision_weights: Annotated[bool, typer.Option("--torchvision-weights", help="start from torchvision's ImageNet weights (needs a network)")] = False,
@@ -139,11 +139,13 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
             kind=kind,
             task=task,  # type: ignore[arg-type]
             data=DataSpec(
-                name=dataset, data_dir=data_dir, classes=parse_classes(classes), val_fraction=val_fraction,
+                # --classes '' names an empty subset: refused, not read as unset (all classes)
+                name=dataset, data_dir=data_dir, classes=None if classes is None else parse_classes(classes) or (),
+                val_fraction=val_fraction,
                 train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
                 download=download,
             ),
-            model=_resolve_model(kind, model, hidden, source, db, artifacts).model_copy(update={"pretrained": torchvision_weights}),
+            model=_resolve_model(kind, model, hidden, source, db, artifacts).replace(pretrained=torchvision_weights),
             rule=RuleSpec(name=rule, theta=theta, init=init, weight_var=weight_var, feedback_var=feedback_var),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
@@ -151,7 +153,7 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
             track_grad_alignment=track_grad_alignment, keep_epochs=keep_epochs, tags=tuple(tag or ()),
         )
-        run_training(spec, open_store(db, artifacts=artifacts), console=Console(stderr=True), quiet=quiet)
+        run_training(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 
     command.__doc__ = _HELP[kind]
     return command

@@ -17,7 +17,7 @@ CIFAR, pad 2 + flip for Fashion-MNIST, pad 2 (MNIST) / pad 1 (digits) without fl
 from __future__ import annotations
 
 from collections.abc import Callable
-
+from pathlib import Path
 
 from ssbench.data.bundle import DataBundle
 from ssbench.data.folder import load_imagenet
@@ -33,14 +33,14 @@ from ssbench.data.sources import (
     load_fashion_mnist,
     load_mnist,
 )
-from ssbench.data.splits import class_subset, stratified_sample, train_val_split
+from ssbench.data.splits import check_classes, class_subset, stratified_sample, train_val_split
 from ssbench.data.tensor_dataset import Augment, TensorImageDataset
-from ssbench.errors import SpecError
+from ssbench.errors import DataNotFoundError, SpecError
 from ssbench.registry import Registry
 from ssbench.specs import DataSpec
 
 __all__ = [
-    "DATASETS", "DataBundle", "TensorImageDataset", "TensorLoader", "Augment", "load_data", "make_loader",
+    "DATASETS", "DataBundle", "TensorImageDataset", "TensorLoader", "Augment", "check_data", "load_data", "make_loader",
     "read_idx", "data_root", "class_subset", "stratified_sample", "train_val_split",
 ]
 
@@ -102,6 +102,26 @@ for _alias, _label in LIST_ALIASES.items():
     DATASETS.register(_alias, help=f"{_label} as DeepHash list files in --data-dir (train.txt, test.txt, database.txt)")(load_list_data)
 
 
+# class counts of the sets with fixed classes (folder and list sets define theirs on disk)
+NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+def check_data(spec: DataSpec) -> None:
+    """What can be judged without reading the data: the name, a named folder, the class ids.
+    Callers run it before a run row or a job claim exists (recipes: for every stage, before the
+    plan runs), so a typo leaves nothing behind in the store."""
+    DATASETS.get(spec.name)
+    if spec.data_dir is not None and not Path(spec.data_dir).expanduser().is_dir():
+        what = "is not a folder" if Path(spec.data_dir).expanduser().exists() else "does not exist"
+        raise DataNotFoundError(
+            f"data folder {spec.data_dir} {what} (--data-dir / data.data_dir); name the folder that holds "
+            f"the {spec.name} files, or leave it unset to use the default places"
+        )
+    if spec.classes is not None and spec.name.lower() in NUM_CLASSES:
+        check_classes(spec.classes, NUM_CLASSES[spec.name.lower()])
+
+
 def load_data(spec: DataSpec) -> DataBundle:
     """Load the data set ``spec.name`` with the subset, split and transforms the spec asks for."""
+    check_data(spec)
     return DATASETS.get(spec.name)(spec)

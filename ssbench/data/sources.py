@@ -55,13 +55,16 @@ def _one_line(exc: BaseException) -> str:
 # ---------------------------------------------------------------- IDX sets (fashion-mnist, mnist)
 
 def _idx_candidates(spec: DataSpec, folder: str, tv_name: str, extra: tuple[Path, ...]) -> list[Path]:
-    bases: list[Path] = []
+    # a named folder is the only place looked: a copy found elsewhere would be read while the run
+    # records the named folder
     if spec.data_dir is not None:
-        bases.append(Path(spec.data_dir).expanduser())
-    if os.environ.get("SSBENCH_DATA"):
-        bases.append(Path(os.environ["SSBENCH_DATA"]).expanduser() / folder)
-    bases.extend(extra)
-    bases.append(data_root() / folder)
+        bases = [Path(spec.data_dir).expanduser()]
+    else:
+        bases = []
+        if os.environ.get("SSBENCH_DATA"):
+            bases.append(Path(os.environ["SSBENCH_DATA"]).expanduser() / folder)
+        bases.extend(extra)
+        bases.append(data_root() / folder)
     out: list[Path] = []
     for b in bases:  # also torchvision's layout <root>/<Name>/raw, where its download puts the files
         for c in (b, b / tv_name / "raw"):

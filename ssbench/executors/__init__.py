@@ -12,6 +12,7 @@ from typing import Any
 from ssbench.executors.driver import Executor, Log, Result, execute
 from ssbench.executors.task import Outcome, Task, run_task
 from ssbench.recipes import Overrides, Recipe, Resources, check_requirements, plan
+from ssbench.recipes.plan import MAX_JOBS
 from ssbench.registry import Registry
 
 EXECUTORS: Registry[Any] = Registry("executor")
@@ -40,12 +41,14 @@ def _quiet_log(*_args: Any) -> None:
 
 
 def run_recipe(recipe: Recipe, store: Any, ov: Overrides = Overrides(), *, executor: str = "local",
-               resources: Resources | None = None, log: Log = _quiet_log, force: bool = False, **options: Any) -> Result:
-    """Plan the recipe and run it to the end; `force` skips the `requires` check. Options go to
-    the executor (address, retries, console, quiet)."""
+               resources: Resources | None = None, log: Log = _quiet_log, force: bool = False,
+               max_jobs: int | None = MAX_JOBS, **options: Any) -> Result:
+    """Plan the recipe and run it to the end; `force` skips the `requires` check, `max_jobs` caps the
+    grid (None: no cap). Options go to the executor (address, retries, console, quiet)."""
     if not force:
         check_requirements(recipe)
-    return execute(plan(recipe, ov, resources), store, make_executor(executor, store, **options), log=log)
+    jobs = plan(recipe, ov, resources, max_jobs=max_jobs)
+    return execute(jobs, store, make_executor(executor, store, **options), log=log)
 
 
 __all__ = ["EXECUTORS", "Executor", "Outcome", "Result", "Task", "execute", "make_executor", "run_recipe", "run_task"]

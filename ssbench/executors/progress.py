@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ssbench.executors.task import Outcome
@@ -37,13 +38,13 @@ class ConsoleLog:
 
     def __enter__(self) -> ConsoleLog:
         self._progress.start()
-        self._bar = self._progress.add_task(f"recipe {self.plan.recipe.name}", total=len(self.plan))
+        self._bar = self._progress.add_task(escape(f"recipe {self.plan.recipe.name}"), total=len(self.plan))
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._progress.stop()
 
     def __call__(self, event: str, job: Job, outcome: Outcome | None, done: int, total: int) -> None:
-        self.console.print(f"[{_STYLE[event]}]{line(event, job, outcome, self.plan)}[/]", highlight=False)
+        self.console.print(f"[{_STYLE[event]}]{escape(line(event, job, outcome, self.plan))}[/]", highlight=False)
         if self._bar is not None:
             self._progress.update(self._bar, completed=done)

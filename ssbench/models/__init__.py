@@ -24,7 +24,7 @@ from ssbench.registry import Registry
 from ssbench.specs import ModelSpec
 
 __all__ = [
-    "MODELS", "build_model", "Normalized", "head_of", "replace_head", "torchvision_names", "count_parameters",
+    "MODELS", "build_model", "known_model", "Normalized", "head_of", "replace_head", "torchvision_names", "count_parameters",
     "LeNet", "LeNetCifar", "MLP", "CifarResNet", "no_inplace",
 ]
 
@@ -127,22 +127,29 @@ def _check_forward(model: nn.Module, name: str, num_classes: int, in_channels: i
         raise SsbenchError(f"{name} returns shape {tuple(out.shape)} instead of (N, {num_classes})")
 
 
+def known_model(name: str) -> str:
+    """The registry key of a model name (ours, or any torchvision classifier), else the one-line
+    error listing the choices."""
+    key = name.lower()
+    if key in MODELS or key in torchvision_names():
+        return key
+    raise UnknownNameError("model", name, MODELS.names() + ["<any torchvision classifier, e.g. resnet18>"])
+
+
 def build_model(spec: ModelSpec, *, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """The bare network for ``spec`` (no normalisation), checked by a dummy forward."""
     if num_classes < 1:
         raise SpecError(f"num_classes must be >= 1, got {num_classes}")
     if in_channels < 1:
         raise SpecError(f"in_channels must be >= 1, got {in_channels}")
-    key = spec.name.lower()
+    key = known_model(spec.name)
     if key in MODELS:
         model = MODELS.get(key)(spec, num_classes, in_channels, image_size)
-    elif key in torchvision_names():
+    else:
         if spec.hidden is not None:
             raise SpecError(f"model.hidden is an mlp option, not one of {spec.name!r}")
         model = build_torchvision(
             key, num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=spec.pretrained
         )
-    else:
-        raise UnknownNameError("model", spec.name, MODELS.names() + ["<any torchvision classifier, e.g. resnet18>"])
     _check_forward(model, spec.name, num_classes, in_channels, image_size)
     return model

@@ -10,12 +10,13 @@ inside one plan: they are hashes of the unresolved spec plus the key of the job 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ssbench.errors import SpecError
 from ssbench.recipes.schema import Overrides, Recipe, Resources, TrainStage
-from ssbench.specs import AttackSpec, TrainSpec
+from ssbench.specs import AttackSpec, ModelSpec, TrainSpec
 
 PENDING = "@pending"  # stands for the run id of the job named in Job.source
 
@@ -41,7 +42,7 @@ class Job:
         if self.source is None:
             return self.spec
         field_name = "target" if self.kind == "attack" else "source"
-        return self.spec.model_copy(update={field_name: str(run_ids[self.source])})
+        return self.spec.replace(**{field_name: str(run_ids[self.source])})
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,18 @@ def _stage_spec(stage: TrainStage, recipe: Recipe, ov: Overrides, **fields: Any)
     data = stage.data or recipe.data
     updates = {k: v for k, v in {"train_limit": ov.train_limit, "test_limit": ov.test_limit}.items() if v is not None}
     if updates:
-        data = data.model_copy(update=updates)
+        data = data.replace(**updates)
     return TrainSpec(
-        data=data, optim=stage.optim, epochs=ov.epochs or stage.epochs, batch_size=stage.batch_size, task=stage.task,
-        hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
-        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs, device=ov.device or recipe.device, recipe=recipe.name,
-        tags=recipe.tags, **fields,
+        data=data, optim=stage.optim, epochs=_given(ov.epochs, stage.epochs), batch_size=stage.batch_size,
+        task=stage.task, hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
+        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs,
+        device=_given(ov.device, recipe.device), recipe=recipe.name, tags=recipe.tags, **fields,
     )
+
+
+def _given(override: Any, default: Any) -> Any:
+    """An override unless it is unset: 0 is a value (Overrides refuses the ones no job can hold)."""
+    return default if override is None else override
 
 
 def _attack_spec(recipe: Recipe, ov: Overrides, seed: int) -> AttackSpec:
@@ -96,16 +102,92 @@ def _attack_spec(recipe: Recipe, ov: Overrides, seed: int) -> AttackSpec:
     assert a is not None
     return AttackSpec(
         target=PENDING, suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
-        n_examples=ov.n_examples or a.n_examples, batch_size=a.batch_size, steps=a.steps, loss=a.loss,
-        transfer_optional=a.transfer_optional, seed=seed, device=ov.device or recipe.device, recipe=recipe.name,
+        n_examples=_given(ov.n_examples, a.n_examples), batch_size=a.batch_size, steps=a.steps, loss=a.loss,
+        transfer_optional=a.transfer_optional, seed=seed, device=_given(ov.device, recipe.device), recipe=recipe.name,
         tags=recipe.tags,
     )
 
 
-def plan(recipe: Recipe, ov: Overrides = Overrides(), resources: Resources | None = None) -> Plan:
+AddJob = Callable[..., str]
+
+
+def _cell(recipe: Recipe, ov: Overrides, seed: int, model: ModelSpec, add: AddJob) -> None:
+    """The jobs of one seed x model: train limits x (pretrain + rules x (fine-tune + attack))."""
+    for limit in recipe.train_limits:
+        rv = Overrides(**{**ov.__dict__, "train_limit": _given(ov.train_limit, limit)})
+        pre = None
+        if recipe.pretrain is not None and not recipe.finetune.from_scratch:
+            spec = _stage_spec(recipe.pretrain, recipe, rv, kind="pretrain", model=model, seed=seed)
+            pre = add("pretrain", spec, describe("pretrain", spec))
+        group: list[tuple[str, str, str]] = []  # (key, rule, label)
+        for entry in recipe.finetune.rules:
+            kind: JobKind = "finetune" if pre is not None or model.pretrained else "train"
+            spec = _stage_spec(
+                recipe.finetune.for_rule(entry), recipe, rv, kind=kind, model=model, seed=seed, rule=entry.rule,
+                source=PENDING if pre is not None else None, reset_head=recipe.finetune.reset_head,
+            )
+            label = describe(kind, spec)
+            group.append((add(kind, spec, label, source=pre), entry.name, label))
+        if recipe.attack is None:
+            continue
+        bp = [k for k, name, _ in group if name == "bp"]
+        needs_sibling = "transfer" in recipe.attack.modes
+        for key, name, label in group:
+            after = tuple(bp) if needs_sibling and name != "bp" else ()
+            add("attack", _attack_spec(recipe, rv, seed), f"attack {recipe.attack.suite} of {label}",
+                source=key, after=after)
+
+
+# the most jobs `plan` expands without being told to (--max-jobs): far above any grid in recipes/,
+# far below one that would fill memory before the first job runs
+MAX_JOBS = 10_000
+
+
+def count_jobs(recipe: Recipe, ov: Overrides = Overrides()) -> int:
+    """How many jobs `plan` gives, without expanding the grid: seeds x models x the jobs of one
+    seed x model. Every job carries its seed and model, so cells share no job and the two axes
+    that grow multiply; the one cell is expanded, since jobs inside it can coincide (a repeated
+    rule; per-rule epochs that --epochs replaces)."""
+    seeds = set(_given(ov.seeds, recipe.seeds))
+    models = set(recipe.models)
+    keys: set[str] = set()
+
+    def add(kind: JobKind, spec: TrainSpec | AttackSpec, label: str, source: str | None = None,
+            after: tuple[str, ...] = ()) -> str:
+        keys.add(key := _key(kind, spec, source))
+        return key
+
+    _cell(recipe, ov, min(seeds), recipe.models[0], add)
+    return len(seeds) * len(models) * len(keys)
+
+
+def check_plan(recipe: Recipe, ov: Overrides = Overrides(), max_jobs: int | None = MAX_JOBS) -> int:
+    """Refuse, before anything is expanded, stored or run, what the recipe and overrides cannot do
+    here; returns the job count. The data folders are checked on this machine: the ones a recipe
+    names must exist at the same path wherever its jobs run (docs/scale.md)."""
+    from ssbench.data import check_data
+
+    if ov.n_examples is not None and recipe.attack is None:
+        raise SpecError(f"--n {ov.n_examples}: recipe {recipe.name} has no attack stage; leave --n out")
+    n = count_jobs(recipe, ov)
+    if max_jobs is not None and n > max_jobs:
+        raise SpecError(f"recipe {recipe.name} expands to {n:,} jobs (limit {max_jobs:,}); "
+                        f"pass --max-jobs {n} to run it anyway, or fewer seeds / models / rules")
+    stages = [recipe.data] + [(recipe.finetune.for_rule(e).data or recipe.data) for e in recipe.finetune.rules]
+    if recipe.pretrain is not None:
+        stages.append(recipe.pretrain.data or recipe.data)
+    for data in dict.fromkeys(stages):
+        check_data(data)
+    return n
+
+
+def plan(recipe: Recipe, ov: Overrides = Overrides(), resources: Resources | None = None, *,
+         max_jobs: int | None = MAX_JOBS) -> Plan:
     """The recipe's jobs over seeds x models x train limits, each after the jobs it needs.
 
-    Attacks wait for the whole fine-tune group's BP sibling when transfer mode needs it."""
+    Attacks wait for the whole fine-tune group's BP sibling when transfer mode needs it. A grid of
+    more than `max_jobs` jobs (None: no limit) is refused before it is expanded (`check_plan`)."""
+    check_plan(recipe, ov, max_jobs)
     jobs: dict[str, Job] = {}
     res = resources or recipe.resources
 
@@ -115,29 +197,7 @@ def plan(recipe: Recipe, ov: Overrides = Overrides(), resources: Resources | Non
         jobs.setdefault(key, Job(key, kind, spec, label, source, after, res))
         return key
 
-    for seed in ov.seeds or recipe.seeds:
+    for seed in _given(ov.seeds, recipe.seeds):
         for model in recipe.models:
-            for limit in recipe.train_limits:
-                rv = Overrides(**{**ov.__dict__, "train_limit": ov.train_limit or limit})
-                pre = None
-                if recipe.pretrain is not None and not recipe.finetune.from_scratch:
-                    spec = _stage_spec(recipe.pretrain, recipe, rv, kind="pretrain", model=model, seed=seed)
-                    pre = add("pretrain", spec, describe("pretrain", spec))
-                group: list[tuple[str, str, str]] = []  # (key, rule, label)
-                for entry in recipe.finetune.rules:
-                    kind: JobKind = "finetune" if pre is not None or model.pretrained else "train"
-                    spec = _stage_spec(
-                        recipe.finetune.for_rule(entry), recipe, rv, kind=kind, model=model, seed=seed, rule=entry.rule,
-                        source=PENDING if pre is not None else None, reset_head=recipe.finetune.reset_head,
-                    )
-                    label = describe(kind, spec)
-                    group.append((add(kind, spec, label, source=pre), entry.name, label))
-                if recipe.attack is None:
-                    continue
-                bp = [k for k, name, _ in group if name == "bp"]
-                needs_sibling = "transfer" in recipe.attack.modes
-                for key, name, label in group:
-                    after = tuple(bp) if needs_sibling and name != "bp" else ()
-                    add("attack", _attack_spec(recipe, rv, seed), f"attack {recipe.attack.suite} of {label}",
-                        source=key, after=after)
+            _cell(recipe, ov, seed, model, add)
     return Plan(recipe, tuple(jobs.values()))

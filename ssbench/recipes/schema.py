@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -151,10 +151,11 @@ class Recipe(Spec):
     description: str = ""
     requires: tuple[Literal["gpu", "network"], ...] = ()
     tags: tuple[str, ...] = Field(default=(), description="labels stored on every run (ssbench report --tag)")
-    seeds: tuple[int, ...] = (0,)
+    # an empty axis would plan no job at all: refused like any other value that cannot run
+    seeds: tuple[int, ...] = Field(default=(0,), min_length=1)
     data: DataSpec = DataSpec()
-    models: tuple[ModelSpec, ...] = (ModelSpec(),)
-    train_limits: tuple[int | None, ...] = (None,)
+    models: tuple[ModelSpec, ...] = Field(default=(ModelSpec(),), min_length=1)
+    train_limits: tuple[Annotated[int, Field(ge=1)] | None, ...] = Field(default=(None,), min_length=1)
     device: str = "auto"
     pretrain: TrainStage | None = None
     finetune: FinetuneStage
@@ -179,13 +180,32 @@ class Overrides:
     seeds: tuple[int, ...] | None = None
     device: str | None = None
 
+    def __post_init__(self) -> None:
+        # None is "unset"; every other value, 0 included, is meant: one no job can hold is refused
+        # here, naming the option, rather than quietly replaced by the recipe's value
+        for option, value in (("--epochs", self.epochs), ("--train-limit", self.train_limit),
+                              ("--test-limit", self.test_limit), ("--n", self.n_examples)):
+            if value is not None and value < 1:
+                raise SpecError(f"{option} {value}: must be 1 or more (leave it out to use the recipe's)")
+        if self.seeds is not None and not self.seeds:
+            raise SpecError("--seeds names no seed; give at least one, e.g. 0,1,2 (or leave it out to use the recipe's)")
+        if self.device is not None and not self.device.strip():
+            raise SpecError("--device is empty; name one (auto, cpu, cuda, cuda:N) or leave it out to use the recipe's")
+
 
 def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
+    if path.is_dir():
+        raise SpecError(f"recipe {path} is a folder; name a recipe file, e.g. recipes/quickstart.yaml")
     if not path.is_file():
         raise SpecError(f"recipe {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"recipe {path} is not a text file (UTF-8 YAML expected)") from None
+    try:
+        # libyaml where installed: the same safe loader, several times faster on a long seeds list
+        raw = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506
     except yaml.YAMLError as err:
         raise SpecError(f"recipe {path}: not valid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(raw, dict):

@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 
+from ssbench.printing import SafeConsole
+from ssbench.report.outdir import check_out_dir
 from ssbench.report.render import FORMATS, SUFFIX, Format, render
 from ssbench.report.tables import TABLES, ReportFilter, alignment_curves, build_tables, display_frame
 
@@ -212,7 +214,7 @@ def build_report(
     formats go to `<out>/<table>.<md|tex|csv>`, or to `console` as text when there is no `out`.
     Messages (no data, failed sanity checks, files written) go to `notes` (default: `console`), so a
     caller piping CSV to stdout can send them to stderr."""
-    console = console or Console()
+    console = console or SafeConsole()
     notes = notes or console
     if tables != "all" and tables not in TABLES:
         from ssbench.errors import SpecError
@@ -223,10 +225,10 @@ def build_report(
             from ssbench.errors import SpecError
 
             raise SpecError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    out_dir = check_out_dir(out) if out is not None else None  # before any table is built
     f = ReportFilter(recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule)
     built = build_tables(store, f, tables)
     report = Report(built)
-    out_dir = Path(out) if out is not None else None
     if not any(not df.empty for df in built.values()):
         what = ", ".join(f"{k}={v}" for k, v in f.kwargs().items()) or "no filters"
         notes.print(f"[yellow]no finished runs with {tables if tables != 'all' else 'results'} match ({what}); "
@@ -266,5 +268,5 @@ def build_report(
     return report
 
 
-__all__ = ["build_report", "build_plots", "terminal_tables", "Report", "ReportFilter", "build_tables", "display_frame",
+__all__ = ["build_report", "build_plots", "check_out_dir", "terminal_tables", "Report", "ReportFilter", "build_tables", "display_frame",
            "render", "FORMATS"]

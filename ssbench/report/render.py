@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ssbench.printing import SafeConsole
+
 Format = Literal["terminal", "markdown", "latex", "csv"]
 FORMATS: tuple[Format, ...] = ("terminal", "markdown", "latex", "csv")
 SUFFIX = {"terminal": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
@@ -67,10 +69,10 @@ def fits(table: Table, width: int) -> bool:
     """Whether `table` prints within `width` columns without cropping: its natural width fits, or,
     rendered at `width` (headers wrapped, text folded), its right edge survives (rich's measure can
     be one column short of what wrapping needs, so the rendering is the judge)."""
-    probe = Console(file=io.StringIO(), width=10_000, color_system=None)
+    probe = SafeConsole(file=io.StringIO(), width=10_000, color_system=None)
     if probe.measure(table).maximum <= width:
         return True
-    at = Console(file=io.StringIO(), width=width, color_system=None)
+    at = SafeConsole(file=io.StringIO(), width=width, color_system=None)
     at.print(table)
     top = next((ln for ln in at.file.getvalue().splitlines() if ln.startswith("┏")), "")  # type: ignore[attr-defined]
     return top.rstrip().endswith("┓")
@@ -130,7 +132,7 @@ def render(df: pd.DataFrame, fmt: Format, *, title: str | None = None, console: 
         table = to_rich(df, title, console.width if console is not None else None)
         if console is not None:
             console.print(table)
-        plain = Console(file=io.StringIO(), width=200, color_system=None)
+        plain = SafeConsole(file=io.StringIO(), width=200, color_system=None)
         plain.print(table)
         return plain.file.getvalue()  # type: ignore[attr-defined]
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")

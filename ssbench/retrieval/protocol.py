@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch.utils.data import Dataset, Subset
 
 from ssbench.errors import ArtifactError, CheckpointError, DataNotFoundError
 from ssbench.store.artifacts import resolve, to_stored, verify
+from ssbench.store.temporaries import write_atomic
 
 POOL_ORDER = ("test", "train", "val")
 
@@ -303,10 +303,7 @@ def save_split_record(record: dict[str, Any], path: str | Path, root: str | Path
     recorded relative to the store's artifact root ``root`` (absolute without one), so the results
     folder can move."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(record, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(json.dumps(record, sort_keys=True).encode()), "retrieval split")
     body = record["split"] if record["kind"] == "split" else record["rows"]
     stored = to_stored(path, Path(root)) if root is not None else str(path.resolve())
     return {"path": stored, "sha256": _sha256_bytes(path.read_bytes()), "kind": record["kind"],

@@ -3,21 +3,25 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from ssbench.errors import StoreError
+from ssbench.store.faults import mount_point, refused_store_write
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_MS = 30_000
+# space a WAL connection needs to open: its -shm (32 KiB) and the first frames of its -wal
+WAL_OPEN_BYTES = 64 * 1024
 # pg_advisory_lock key that serialises `alembic upgrade` across processes: "SSBENCH1" in ASCII
 MIGRATION_LOCK_KEY = 0x5353_4245_4E43_4831
 # File systems where SQLite's WAL (shared memory + POSIX locks) is not safe: several hosts corrupt it.
@@ -41,6 +45,8 @@ DRIVER_PACKAGES = {
 
 # engines made here, disposed in a forked child so that parent and child never share a connection
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+# engines opened read-only, and why (a read-only mount, an unwritable file or folder)
+_READ_ONLY: weakref.WeakKeyDictionary[Engine, str] = weakref.WeakKeyDictionary()
 
 
 def _dispose_after_fork() -> None:
@@ -182,18 +188,60 @@ def _server_engine(u: URL) -> Engine:
         raise _store_error(u, "", err) from None
 
 
+def _read_only(path: Path) -> tuple[str, bool] | None:
+    """Why an existing SQLite file can only be read (None: it can be written, or is still to be
+    created), and whether SQLite must open it `immutable`: the -shm file a WAL reader needs cannot
+    be created (a read-only folder, a full disk) and the -wal holds nothing the main file lacks.
+    immutable reads the main file with no locking, which is safe here: with an empty -wal the main
+    file is the whole database, and no writer can add to the -wal without that folder or space."""
+    if not path.is_file():
+        return None
+    folder = path.parent
+    stat = os.statvfs(folder)
+    mounted_ro = bool(stat.f_flag & os.ST_RDONLY)
+    folder_writable = not mounted_ro and os.access(folder, os.W_OK | os.X_OK)
+    wal = Path(f"{path}-wal")
+    pending = wal.exists() and wal.stat().st_size > 0  # committed pages not yet in the main file
+    if mounted_ro:
+        reason = f"{mount_point(folder)} is mounted read-only"
+    elif not os.access(path, os.W_OK):
+        reason = f"{path} is not writable"
+    elif not folder_writable:
+        reason = f"its folder {folder} is not writable"
+    elif not pending and stat.f_bavail * stat.f_frsize < WAL_OPEN_BYTES:
+        return f"no space left on {mount_point(folder)}", True  # reads need no space: list, show, report
+    else:
+        return None
+    return reason, not folder_writable and not pending
+
+
+def _read_only_engine(url: str, path: Path, immutable: bool) -> Engine:
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro" + ("&immutable=1" if immutable else "")
+
+    def connect() -> sqlite3.Connection:
+        return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+
+    return create_engine(url, creator=connect)
+
+
 def _sqlite_engine(url: str) -> Engine:
     path = sqlite_file(url)
+    read_only = _read_only(path) if path is not None else None
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise StoreError(f"cannot create the folder of results file {path}: {err.strerror or err}") from None
+        if read_only is None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise StoreError(f"cannot create the folder of results file {path}: {err.strerror or err}") from None
         _refuse_network_fs(path)
-        engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+        if read_only is not None:  # reads (runs, show, report) work; a write is a one-line StorageError
+            engine = _read_only_engine(url, path, immutable=read_only[1])
+            _READ_ONLY[engine] = read_only[0]
+        else:
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     else:  # in-memory: one shared connection, or every session would see an empty database
         engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
-    on_file = path is not None
+    on_file = path is not None and read_only is None
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
@@ -210,10 +258,29 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(conn) -> None:  # noqa: ANN001
-        # also serialises migrations: the first open takes the write lock before reading alembic_version
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # also serialises migrations: the first open takes the write lock before reading alembic_version.
+        # A read-only store takes no write lock: it could not write, and has nothing to serialise.
+        conn.exec_driver_sql("BEGIN" if read_only is not None else "BEGIN IMMEDIATE")
 
     return engine
+
+
+def _translate_refused_writes(engine: Engine) -> None:
+    """A write the database refuses (disk full, read-only, permission) becomes a one-line
+    StorageError wherever it happens (runs, sweeps, claims), instead of a driver traceback."""
+    db_file = sqlite_file(engine.url.render_as_string(hide_password=False))
+    shown = str(db_file) if db_file is not None else _shown(engine.url)
+
+    @event.listens_for(engine, "handle_error")
+    def _refused(ctx) -> None:  # noqa: ANN001
+        err = refused_store_write(ctx.original_exception, ctx.statement, shown, db_file, _READ_ONLY.get(engine))
+        if err is not None:
+            raise err
+
+
+def read_only_reason(engine: Engine) -> str | None:
+    """Why `engine` was opened read-only; None when it can write."""
+    return _READ_ONLY.get(engine)
 
 
 def make_engine(url: str) -> Engine:
@@ -227,6 +294,7 @@ def make_engine(url: str) -> Engine:
         raise _missing_driver(u, err) from None
     if not isinstance(engine.pool, StaticPool):  # an in-memory database lives in its one connection
         _ENGINES.add(engine)
+    _translate_refused_writes(engine)
     return engine
 
 
@@ -277,25 +345,69 @@ def _unlock(conn: Connection) -> None:
         conn.invalidate()
 
 
+def _refuse_newer(conn: Connection, url: URL) -> tuple[str, ...]:
+    """The store's schema revisions; a StoreError when one is not a revision this ssbench knows,
+    i.e. a newer ssbench wrote the store (upgrading it here would fail, reading it could mislead)."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    current = tuple(MigrationContext.configure(conn).get_current_heads())
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    unknown = [rev for rev in current if rev not in known]
+    if unknown:
+        raise StoreError(f"results store {_shown(url)} was written by a newer ssbench (schema revision "
+                         f"{', '.join(unknown)}, this ssbench knows up to {head_revision()}); upgrade ssbench")
+    return current
+
+
 def _upgrade(conn: Connection, url: URL) -> None:
     from alembic import command
     from alembic.util import CommandError
 
     try:
+        _refuse_newer(conn, url)
         command.upgrade(alembic_config(conn), "head")
         conn.commit()
     except DBAPIError as err:  # e.g. no CREATE permission, the server went away mid-migration
         raise _store_error(url, "migrating to head failed: ", err) from None
-    except CommandError as err:  # typically a revision from a newer ssbench than this one
+    except CommandError as err:  # a revision graph this ssbench cannot follow
         raise _store_error(url, f"its schema is not one this ssbench (head {head_revision()}) knows; "
                                 "is it from a newer ssbench? ", err) from None
 
 
+def _check_readable(conn: Connection, url: URL, why: str) -> None:
+    """A read-only store is not migrated: it is read as it is when this ssbench's tables and columns
+    are all there (an older revision may well have them); otherwise reading needs the migration."""
+    from ssbench.store.models import Base
+
+    current = _refuse_newer(conn, url)
+    if current == (head_revision(),):
+        return
+    have = inspect(conn)
+    tables = set(have.get_table_names())
+    for table in Base.metadata.sorted_tables:
+        columns = {c["name"] for c in have.get_columns(table.name)} if table.name in tables else set()
+        if not {c.name for c in table.columns} <= columns:
+            shown = ", ".join(current) or "none: not an ssbench store"
+            raise StoreError(f"results store {_shown(url)} is read-only ({why}) and its schema (revision {shown}) "
+                             f"must be migrated to {head_revision()} before this ssbench can read it; open it once "
+                             "where it is writable, or read it with the ssbench that wrote it")
+
+
 def migrate(engine: Engine) -> None:
     """`alembic upgrade head` on this engine (a no-op when already at head), once even when several
-    processes open a fresh store together. Connection failures raise a one-line StoreError."""
-    with _connect(engine) as conn, _migration_lock(conn):
-        _upgrade(conn, engine.url)
+    processes open a fresh store together; a read-only store is only checked to be readable.
+    Connection failures raise a one-line StoreError."""
+    why = read_only_reason(engine)
+    with _connect(engine) as conn:
+        if why is None:
+            with _migration_lock(conn):
+                _upgrade(conn, engine.url)
+            return
+        try:
+            _check_readable(conn, engine.url, why)
+        except DBAPIError as err:
+            raise _store_error(engine.url, f"reading it failed ({why}): ", err) from None
 
 
 def head_revision() -> str:

@@ -31,7 +31,7 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-RUN_STATUSES = ("running", "finished", "failed")
+from ssbench.specs import RUN_STATUSES  # noqa: E402,F401  (the one list; re-exported)
 
 
 class Base(DeclarativeBase):

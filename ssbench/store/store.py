@@ -24,8 +24,9 @@ from pydantic import BaseModel
 from sqlalchemy import Engine, Select, func, select, update
 from sqlalchemy.orm import aliased, sessionmaker
 
-from ssbench.errors import RunNotFoundError
+from ssbench.errors import RunNotFoundError, SsbenchError, StorageError
 from ssbench.store import artifacts as _artifacts
+from ssbench.store import temporaries as _temporaries
 from ssbench.store.artifacts import file_sha256
 from ssbench.store.engine import default_home, make_engine, migrate, resolve_url, sqlite_file
 from ssbench.store.models import (
@@ -37,6 +38,7 @@ from ssbench.store.models import (
     SanityCheckRow,
     SweepPointRow,
 )
+from ssbench.store.processes import process_started_before as _process_started_before
 from ssbench.store.records import AlignmentRow, SanityCheck, SweepPoint
 
 RUN_REF_FIELDS = ("source", "target", "surrogate")  # spec fields that may hold a run id (job_hash)
@@ -136,30 +138,6 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def _process_started_before(pid: int, started_at: datetime | None) -> bool:
-    """Does process `pid` exist, and (where /proc tells) did it start before the run did? A pid
-    that a newer process reuses must not keep a dead run 'alive'."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    stat = Path(f"/proc/{pid}/stat")
-    if started_at is None or not stat.exists():
-        return True
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of proc(5): start time in clock ticks after boot
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        born = boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return True
-    start = started_at if started_at.tzinfo else started_at.replace(tzinfo=timezone.utc)
-    return born <= start.timestamp() + 2.0  # 2 s: clock-tick and btime rounding
-
-
 def error_line(exc: BaseException) -> str:
     """`ExceptionType: first line of the message`, capped: how a failed run's error is stored."""
     text = str(exc).strip().splitlines()
@@ -254,8 +232,20 @@ class RunContext:
         self._t0 = time.perf_counter()
         with self._store.session() as s, s.begin():
             s.add(self._row)
+        # temporaries a killed earlier run of this job left in its checkpoint folder are never loaded
+        with self._store.session() as s:
+            earlier = s.scalars(select(Run.id).where(Run.kind == self._row.kind, Run.config_hash == self._row.config_hash,
+                                                     Run.id != self._row.id)).all()
+        self._store.remove_stale_temporaries([*earlier, self._row.id])
         self.recorder = RunRecorder(self._store, self._row.id)
         return self.recorder
+
+    def _record_end(self, values: dict[str, Any]) -> None:
+        with self._store.session() as s, s.begin():
+            run = s.get(Run, self._row.id)
+            if run is not None:
+                for k, v in values.items():
+                    setattr(run, k, v)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, trace: TracebackType | None) -> bool:
         seconds = time.perf_counter() - self._t0
@@ -266,17 +256,28 @@ class RunContext:
             values.update(status="failed", error=error_line(exc),
                           traceback="".join(tb.format_exception(exc_type, exc, trace)))
         try:
-            with self._store.session() as s, s.begin():
-                run = s.get(Run, self._row.id)
-                if run is not None:
-                    for k, v in values.items():
-                        setattr(run, k, v)
-        except Exception as err:  # noqa: BLE001
-            if exc is None:
-                raise
-            # the original error matters more than the bookkeeping one; say so on stderr
-            print(f"ssbench: could not mark run {self._row.id} failed: {err}", file=sys.stderr)
+            self._record_end(values)
+        except Exception:  # noqa: BLE001
+            # once more on a fresh connection, with our own temporaries gone: after a full disk
+            # they may hold the space SQLite needs to write this one row
+            self._store.engine.dispose()
+            _temporaries.remove_own(self._store.checkpoint_dir(self._row.id))
+            try:
+                self._record_end(values)
+            except Exception as err:  # noqa: BLE001
+                if exc is None:
+                    raise
+                self._unrecorded(exc, err)
         return False  # never swallow the exception
+
+    def _unrecorded(self, exc: BaseException, err: Exception) -> None:
+        """The run failed and the store cannot record it: one line says both (the run stays 'running'
+        until `ssbench runs --fail-stale` sees its process gone)."""
+        why = "the store cannot be written either" if isinstance(err, StorageError) else error_line(err)
+        note = f"run {self._row.id} is left 'running' ({why}); `ssbench runs --fail-stale` marks it failed later"
+        if isinstance(exc, SsbenchError):
+            raise StorageError(f"{exc}; {note}") from exc
+        print(f"ssbench: {note}", file=sys.stderr)  # a bug or an interrupt: its own traceback follows
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -437,10 +438,20 @@ class Store:
             return "unknown"
         return "alive" if _process_started_before(run.pid, run.started_at) else "gone"
 
+    def remove_stale_temporaries(self, run_ids: Iterable[int] | None = None) -> list[Path]:
+        """Remove the temporaries no live writer holds (see `temporaries.is_stale`) from these runs'
+        checkpoint folders (None: all of them); the ones removed."""
+        folders = [self.artifacts / _artifacts.CHECKPOINTS] if run_ids is None else map(self.checkpoint_dir, run_ids)
+        return [tmp for folder in folders for tmp in _temporaries.remove_stale(folder)]
+
     def fail_stale(self) -> list[int]:
         """Mark failed every 'running' run whose process is gone (same host only: a pid on another
-        host says nothing here). Returns their ids. Nothing else about the run is touched."""
+        host says nothing here), and remove stale temporaries from every checkpoint folder. Returns
+        the ids of the runs. Nothing else about the runs is touched."""
+        self.remove_stale_temporaries()
         stale = [r for r in self.list_runs(status="running") if self.liveness(r) == "gone"]
+        if not stale:  # nothing to write: also works on a read-only store
+            return []
         with self.session() as s, s.begin():
             for r in stale:
                 row = s.get(Run, r.id)

@@ -5,15 +5,15 @@ Files hold only tensors and plain containers, so they load with ``torch.load(wei
 """
 from __future__ import annotations
 
-import os
 import random
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from ssbench.errors import CheckpointError
@@ -21,6 +21,7 @@ from ssbench.models import Normalized, build_model
 from ssbench.rules import convert_from_config, rule_config
 from ssbench.specs import ModelSpec, TrainSpec
 from ssbench.store.artifacts import verify
+from ssbench.store.temporaries import write_atomic
 
 if TYPE_CHECKING:
     from ssbench.store import Store
@@ -50,12 +51,9 @@ class ModelMeta:
         return dict(self.__dict__)
 
 
-def _save_atomic(payload: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+def _save_atomic(payload: dict[str, Any], path: Path, what: str = "checkpoint") -> Path:
+    # into a file object, not a path: torch then surfaces a refused write (no space) as the OSError
+    return write_atomic(path, lambda f: torch.save(payload, f), what)
 
 
 def save_checkpoint(path: Path, model: nn.Module, meta: ModelMeta, spec: TrainSpec, *, epoch: int, run_id: int | None) -> Path:
@@ -129,7 +127,7 @@ def save_resume_state(
         "optimizer": optimizer.state_dict(), "scheduler": _plain_scheduler_state(scheduler),
         "best_score": float(best_score), "best_epoch": int(best_epoch), "first_loss": first_loss,
         "diverged": diverged, "rng": rng_state(),
-    }, path)
+    }, path, "resume state")
 
 
 def read_resume_state(path: Path) -> dict[str, Any] | None:
@@ -153,6 +151,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a readable ssbench checkpoint ({type(err).__name__})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ssbench checkpoint (format {FORMAT} expected)")
+    _read_meta(payload, str(path))  # every reader may then index meta / train_spec / state_dict
     return payload
 
 
@@ -182,8 +181,7 @@ def model_from_checkpoint(
     with_rule=False gives the plain (exact-backprop) network with the forward weights only: the
     starting point of a fine-tuning run, which then converts it with its own rule.
     """
-    meta = ModelMeta(**payload["meta"])
-    spec = TrainSpec.model_validate(payload["train_spec"])
+    meta, spec = _read_meta(payload, source)
     arch = meta.model["name"]
     if expect_model is not None and expect_model.lower() != arch.lower():
         raise CheckpointError(f"{source} holds a {arch} model, not {expect_model}")
@@ -192,7 +190,10 @@ def model_from_checkpoint(
         raise CheckpointError(f"{source} was trained with rule {stored_rule}, not {expect_rule}")
     if expect_task is not None and expect_task != meta.task:
         raise CheckpointError(f"{source} is a {meta.task} model, not {expect_task}")
-    model = build_network(meta, spec)
+    try:
+        model = build_network(meta, spec)
+    except (ValidationError, TypeError, ValueError, KeyError) as err:  # metadata of the right shape, wrong values
+        raise _invalid(source, f"its metadata does not describe a network ({_line(err)})") from None
     state = payload["state_dict"]
     if with_rule and meta.rule:
         convert_from_config(model, meta.rule)  # name, seed, theta and skip patterns
@@ -204,6 +205,42 @@ def model_from_checkpoint(
         first = str(err).strip().splitlines()
         raise CheckpointError(f"{source} does not fit a {arch} ({first[0] if first else err})") from err
     return model, meta, spec
+
+
+def _line(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(map(str, first.get('loc', ()))) or 'value'}: {first.get('msg')}"
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _invalid(source: str, what: str) -> CheckpointError:
+    return CheckpointError(f"{source} is not a valid ssbench checkpoint: {what}")
+
+
+def _read_meta(payload: dict[str, Any], source: str) -> tuple[ModelMeta, TrainSpec]:
+    """The metadata and training spec of a payload in our format, or one line saying what is wrong
+    (a hand-made or truncated file must not surface as a TypeError deep in model building)."""
+    meta = payload.get("meta")
+    if not isinstance(meta, dict):
+        raise _invalid(source, "it has no model metadata ('meta')")
+    known = {f.name for f in fields(ModelMeta)}
+    missing = [f.name for f in fields(ModelMeta) if f.default is MISSING and f.name not in meta]
+    if missing:
+        raise _invalid(source, f"its metadata lacks {', '.join(missing)}")
+    if set(meta) - known:
+        raise _invalid(source, f"its metadata has unknown fields {', '.join(sorted(set(meta) - known))}")
+    if not isinstance(meta["model"], dict) or not isinstance(meta["model"].get("name"), str):
+        raise _invalid(source, "its metadata names no model")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise _invalid(source, "it holds no weights ('state_dict')")
+    if not isinstance(payload.get("train_spec"), dict):
+        raise _invalid(source, "it has no training configuration ('train_spec')")
+    try:
+        spec = TrainSpec.model_validate(payload["train_spec"])
+    except ValidationError as err:
+        raise _invalid(source, f"its training configuration does not validate ({_line(err)})") from None
+    return ModelMeta(**meta), spec
 
 
 @dataclass
