@@ -150,3 +150,25 @@ def test_mode_all_without_bp_sibling_skips_transfer_with_a_note(monkeypatch):
     # and a named surrogate that does not fit is an error even with --mode all
     with pytest.raises(SpecError, match="not bp"):
         run_attack(spec.model_copy(update={"surrogate": "8"}), FakeStore(), console=Console(file=io.StringIO()), quiet=True)
+
+
+def test_transfer_on_a_bp_target_is_skipped_with_a_note_not_an_error(monkeypatch):
+    """A recipe's BP fine-tune is attacked with the group's modes: transfer there would need a BP
+    sibling of a BP model (itself), and used to fail every rerun. It is skipped, saying why."""
+    from ssbench.attacks.job import run_attack
+
+    fake_env(monkeypatch)
+    spec = AttackSpec(target="6", attacks=("fgsm",), modes=("feedback", "exact", "transfer"), eps=(0.0, 0.1),
+                      n_examples=20, device="cpu")  # transfer named explicitly, not optional
+    store = FakeStore(siblings=(6,))  # the only BP fine-tune of the parent is the target itself
+    out = io.StringIO()
+    run_attack(spec, store, console=Console(file=out, width=300), quiet=False)
+    rec = store.rec
+    assert sorted(s[0].mode for s in rec.sweeps) == ["exact", "feedback"]
+    assert "trained with bp" in rec.summary["skipped_modes"]["transfer"]
+    assert "transfer mode skipped" in out.getvalue()
+    assert "fgsm [feedback]" in out.getvalue() and "fgsm [exact]" in out.getvalue()  # labels not eaten as markup
+    # a BP model named with --surrogate still makes a transfer attack of a BP target
+    store = FakeStore()
+    run_attack(spec.replace(surrogate="6"), store, console=Console(file=io.StringIO()), quiet=True)
+    assert "transfer" in {s[0].mode for s in store.rec.sweeps}

@@ -26,9 +26,10 @@ runner = CliRunner(env={"COLUMNS": "200"})
 N_QUERIES = 60
 
 
-def invoke(*args: str) -> None:
+def invoke(*args: str):  # noqa: ANN201
     result = runner.invoke(app, list(args))
     assert result.exit_code == 0, result.output
+    return result
 
 
 def brute_force(q: np.ndarray, d: np.ndarray, rel: np.ndarray) -> dict[str, float]:
@@ -68,15 +69,17 @@ def hashing_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     invoke("pretrain", "-d", "digits", "-m", "mlp", "--hidden", "64", "-e", "3", "-b", "64", "-q", *db)
     invoke("finetune", "--from", "1", "--task", "hashing", "--bits", "16", "-d", "digits", "--rule", "usf",
            "-e", "3", "-b", "64", "--lr", "0.05", "-q", *db)
-    invoke("attack", "2", "--suite", "hashing", "--attack", "fgsm-hash", "--attack", "pgd-hash", "--mode", "feedback",
-           "--mode", "exact", "--eps", "0,0.1", "--n", str(N_QUERIES), "--steps", "5", "--device", "cpu", "-q", *db)
+    attack = invoke("attack", "2", "--suite", "hashing", "--attack", "fgsm-hash", "--attack", "pgd-hash", "--mode",
+                    "feedback", "--mode", "exact", "--eps", "0,0.1", "--n", str(N_QUERIES), "--steps", "5", "--device",
+                    "cpu", "-q", *db)
     store = open_store(db[1])
     target = load_trained(store, 2)
     record = json.loads((store.artifacts / store.get_run(2).summary["retrieval_split"]["path"]).read_text())
     bundle = load_data(target.spec.data)
     pool = [stack(ds) for ds in (bundle.test, bundle.train, bundle.val)]  # pool order: test, train, val
     xs, ys = torch.cat([p[0] for p in pool]), torch.cat([p[1] for p in pool])
-    return {"db": db, "store": store, "target": target, "record": record, "xs": xs, "ys": ys.numpy()}
+    return {"db": db, "store": store, "target": target, "record": record, "xs": xs, "ys": ys.numpy(),
+            "printed": attack.output}
 
 
 def test_finetune_scores_equal_brute_force_on_the_recorded_split(hashing_runs: dict) -> None:
@@ -134,6 +137,20 @@ def test_attack_clean_and_sweeps_equal_recomputation(hashing_runs: dict) -> None
     point = sw[(sw.attack == "fgsm-hash") & (sw["mode"] == "exact") & (sw.epsilon == 0.1)]
     assert point.robust.item() == pytest.approx(robust, abs=1e-6)
     assert robust < clean["map@1000"] - 0.05  # the attack does something
+
+
+def test_attack_prints_its_table_and_checks(hashing_runs: dict) -> None:
+    """The hashing attack says what it found, like a classification attack: the stored mAP per
+    attack x mode x eps in a table, then the sanity count."""
+    h = hashing_runs
+    printed = h["printed"]
+    sw = h["store"].frame_sweeps()
+    sw = sw[sw["run_id"] == 3]
+    assert "attack run 3: map@1000 under attack" in printed
+    for attack, mode, robust in zip(sw["attack"], sw["mode"], sw["robust"]):
+        row = next(ln for ln in printed.splitlines() if f" {attack} " in ln and f" {mode} " in ln)
+        assert f"{robust:.3f}" in row
+    assert "sanity checks:" in printed and "0 failed" in printed
 
 
 def test_attack_reuses_the_recorded_split(hashing_runs: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,11 +50,20 @@ def attack_names(spec: AttackSpec) -> list[str]:
     return names
 
 
+BP_TRANSFER_NOTE = ("the target is trained with bp: a BP surrogate of it is itself, so transfer mode is the "
+                    "white-box attack in exact mode (run that mode; pass --surrogate RUN to transfer from another BP model)")
+
+
+def target_rule(t: Any) -> str:
+    """The rule a trained model was trained with (an unconverted network is plain BP)."""
+    return t.meta.rule["name"] if t.meta.rule else t.spec.rule.name
+
+
 def surrogate_mismatch(sur: Any, target: Any) -> str | None:
     """Why ``sur`` cannot stand in for ``target`` in transfer mode (None: it can). A transfer attack
     is only the BP control of the target if the surrogate is backprop-trained, has the target's
     architecture and saw the same data set and classes."""
-    rule = sur.meta.rule["name"] if sur.meta.rule else sur.spec.rule.name  # unconverted = plain BP
+    rule = target_rule(sur)
     if rule != "bp":
         return f"it was trained with rule {rule}, not bp"
 
@@ -116,6 +125,12 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
     hashing = spec.suite == "hashing" or target.spec.task == "hashing"
     modes: list[str] = list(spec.modes)
     surrogate, skipped = None, {}
+    if "transfer" in modes and spec.surrogate is None and target_rule(target) == "bp":
+        # a BP target is its own BP control: transfer from it is the exact attack, already run in
+        # exact mode; searching a sibling would fail on the very fine-tune a recipe's group needs
+        modes.remove("transfer")
+        skipped["transfer"] = BP_TRANSFER_NOTE
+        console.print(f"[yellow]transfer mode skipped: {escape(BP_TRANSFER_NOTE)}[/]")
     if "transfer" in modes or (hashing and spec.surrogate):
         try:
             surrogate = find_surrogate(store, target, device, spec.surrogate)
@@ -140,11 +155,19 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
     if hashing:
         from ssbench.retrieval.attack_suite import hashing_sweeps
 
-        with store.run("attack", **run_kw) as rec:
+        with store.run("attack", **run_kw) as rec, _progress(console, quiet) as progress:
             if skipped:
                 rec.set_summary(skipped_modes=skipped)
-            hashing_sweeps(target, surrogate, spec_run, rec, device)
-            return rec.run_id
+            result = hashing_sweeps(target, surrogate, spec_run, rec, device, progress=progress)
+        rows: dict[tuple[str, str], dict[float, float]] = {}
+        for p in result.points:
+            rows.setdefault((p["attack"], p["mode"]), {})[p["epsilon"]] = p["robust"]
+        metric = result.points[0]["metric"] if result.points else "map@1000"
+        clean = result.clean.get(metric, float("nan"))
+        print_sweeps(console, f"attack run {rec.run_id}: {metric} under attack (clean {clean:.3f})",
+                     [(a, m, v) for (a, m), v in rows.items()])
+        print_checks(console, [Check(**c) for c in result.checks])
+        return rec.run_id
 
     names = attack_names(spec)
     eps_grid = resolve_eps(spec.eps)
@@ -165,9 +188,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
     with store.run("attack", **run_kw) as rec:
         rec.log_evaluation("accuracy", clean_acc, split="test", params={"n": len(indices), "clean": True})
         curves: list[SweepCurve] = []
-        progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), console=console, disable=quiet)
-        with progress:
+        with _progress(console, quiet) as progress:
             for atk, mode in jobs:
                 grid = atk.budget_grid or eps_grid
                 task = progress.add_task(escape(f"{atk.name} [{mode}]"), total=len(grid))
@@ -191,6 +212,11 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         )
         print_summary(console, rec.run_id, curves, checks, clean_acc, worst)
         return rec.run_id
+
+
+def _progress(console: Console, quiet: bool) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=quiet)
 
 
 def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Module | None,
@@ -223,23 +249,33 @@ def worst_case(curves: Sequence[SweepCurve]) -> dict[float, float]:
 
 def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], checks: Sequence[Check],
                   clean_acc: float, worst: dict[float, float]) -> None:
-    eps = sorted({e for c in curves if c.norm == "linf" for e in c.eps})
-    table = Table(title=f"attack run {run_id}: robust accuracy (clean {clean_acc:.3f})")
+    rows = [(c.attack, c.mode, dict(zip(c.eps, c.robust()))) for c in curves if c.norm == "linf"]
+    print_sweeps(console, f"attack run {run_id}: robust accuracy (clean {clean_acc:.3f})", rows, worst)
+    for c in curves:
+        if c.norm != "linf":
+            console.print(escape(f"{c.attack} [{c.mode}] budget = pixels ") + ", ".join(
+                f"{int(e)}: {r:.3f}" for e, r in zip(c.eps, c.robust())))
+    print_checks(console, checks)
+
+
+def print_sweeps(console: Console, title: str, rows: Sequence[tuple[str, str, dict[float, float]]],
+                 worst: dict[float, float] | None = None) -> None:
+    """One row per attack x mode, one column per epsilon (any metric: accuracy, mAP)."""
+    eps = sorted({e for _, _, values in rows for e in values})
+    table = Table(title=title)
     table.add_column("attack")
     table.add_column("mode")
     for e in eps:
         table.add_column(f"{e:g}", justify="right")
-    for c in curves:
-        if c.norm != "linf":
-            continue
-        table.add_row(c.attack, c.mode, *[f"{c.at(e):.3f}" if c.at(e) is not None else "" for e in eps])
+    for attack, mode, values in rows:
+        table.add_row(attack, mode, *[f"{values[e]:.3f}" if e in values else "" for e in eps])
     if worst:
         table.add_row("[bold]worst case[/]", "all", *[f"[bold]{worst.get(e, float('nan')):.3f}[/]" for e in eps])
     console.print(table)
-    for c in curves:
-        if c.norm != "linf":
-            console.print(f"{c.attack} [{c.mode}] budget = pixels " + ", ".join(
-                f"{int(e)}: {r:.3f}" for e, r in zip(c.eps, c.robust())))
+
+
+def print_checks(console: Console, checks: Sequence[Check]) -> None:
+    """Failed checks in red, undecided ones grouped by reason, then the count."""
     failed = [c for c in checks if c.passed is False]
     skipped = [c for c in checks if c.passed is None]
     for c in failed:

@@ -132,7 +132,9 @@ def run_hashing_suite(
     queries_per_class: int = 100,
     train_per_class: int = 500,
     sets: RetrievalSets | None = None,
+    progress: Any = None,
 ) -> SuiteResult:
+    """``progress``: a rich Progress (or None) that gets one bar per attack x mode, one step per epsilon."""
     device = torch.device(device)
     from ssbench.attacks.modes import gradient_source
 
@@ -186,13 +188,24 @@ def run_hashing_suite(
                            "attack": attack, "mode": mode})
         return checks
 
+    def bar(label: str, total: int) -> Callable[[], None]:
+        if progress is None:
+            return lambda: None
+        from rich.markup import escape
+
+        task = progress.add_task(escape(label), total=total)
+        return lambda: progress.advance(task)
+
     for call_a, name in enumerate(names):
         cls = HASH_ATTACKS.get(name)
         atk = cls(steps=spec.steps, seed=spec.seed)
         if not cls.uses_gradients:
+            step = bar(f"{name} [{QUERY_MODE}]", 1)
             emit(*_hsj_sweep(atk, target, sets, eps_grid, device, bs, point, sweep_checks, call_a))
+            step()
             continue
         for call_m, mode in enumerate(spec.modes):
+            step = bar(f"{name} [{mode}]", len(eps_grid))
             pts: list[dict] = []
             worst, inside = 0.0, True
             with gradient_source(mode, target, surrogate) as grad_model:
@@ -210,6 +223,7 @@ def run_hashing_suite(
                     inside &= bool(delta <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1)
                     scores = _scores(target, adv, sets, bs, device)
                     pts.append(point(name, mode, eps, scores, time.perf_counter() - t0, atk.params(eps)))
+                    step()
             checks = sweep_checks(name, mode, pts, inside, f"max(|delta|_inf - eps) = {worst:.2e}; images in [0, 1]")
             emit(pts, checks)
 
@@ -261,11 +275,12 @@ def _cross_checks(result: SuiteResult, clean: dict[str, float]) -> list[dict]:
     return checks
 
 
-def hashing_sweeps(target, surrogate, spec: AttackSpec, recorder, device, *, bundle=None) -> None:  # noqa: ANN001
+def hashing_sweeps(target, surrogate, spec: AttackSpec, recorder, device, *, bundle=None,  # noqa: ANN001
+                   progress: Any = None) -> SuiteResult:
     """Attack-job entry for ``--suite hashing``: ``target``/``surrogate`` are TrainedModel objects
     (``.model`` in eval mode with a HashHead, inputs in [0, 1]; ``.spec`` the TrainSpec). Logs the
     clean retrieval metrics as evaluations and persists one sweep per attack x mode, then the
-    sanity checks."""
+    sanity checks; returns what it stored (the job prints it)."""
     from ssbench.store import SanityCheck, SweepPoint
 
     if bundle is None:
@@ -286,9 +301,9 @@ def hashing_sweeps(target, surrogate, spec: AttackSpec, recorder, device, *, bun
     clean = _scores(target.model.eval(), sets.query_x, sets, spec.batch_size, dev)
     for metric, value in clean.items():
         recorder.log_evaluation(metric, value, split="test", params={"queries": len(sets.query_y), "suite": "hashing", "clean": True})
-    run_hashing_suite(
+    return run_hashing_suite(
         target.model, surrogate.model if surrogate is not None else None, bundle, spec, dev,
-        on_sweep=on_sweep, on_sanity=on_sanity, sets=sets,
+        on_sweep=on_sweep, on_sanity=on_sanity, sets=sets, progress=progress,
     )
 
 
