@@ -7,7 +7,13 @@ PASS / FAIL against the target (>= 1.7x) and whether the curves agree: FGSM exac
 std (its random start depends on the batch composition). The naive loop's curve is read with the
 same containment rule (broken at e => broken at e' > e) so both report the same quantity.
 
+Then (--ensemble-n > 0) the AutoAttack ensemble (apgd-ce, apgd-t, fab-t, square; exact gradients)
+as ssbench runs it, each member on the survivors of the ones before, against running every member
+on every clean-correct example at every eps and taking the per-example worst case: the same curve
+within one binomial std (APGD / FAB / Square draw random numbers per batch), target >= 1.5x.
+
     .venv/bin/python benchmarks/attack_sweep.py [--n 500] [--device cpu] [--data auto|fashion-mnist|digits]
+                                                [--ensemble-n 200]
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from ssbench.errors import SsbenchError
 from ssbench.specs import resolve_eps
 
 TARGET_RATIO = 1.7  # ssbench sweep vs naive torchattacks loop, images x epsilons per second
+ENSEMBLE_RATIO = 1.5  # AutoAttack on survivors vs every member on every example at every eps
 
 
 def lenet_fashion(device: torch.device, train_n: int = 10000):
@@ -87,6 +94,34 @@ def naive(model, make, x, y, grid, batch):
     return curve, raw, time.perf_counter() - t0
 
 
+def ensemble(model, x, y, grid, batch) -> tuple[list[float], float, list[float], float]:
+    """(survivor curve, seconds, every-example curve, seconds) of the AutoAttack ensemble."""
+    from ssbench.attacks.ensemble import ENSEMBLES
+
+    members = [ATTACKS.get(n)(seed=0) for n in ENSEMBLES["autoattack"]]
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    t0 = time.perf_counter()
+    standing = {float(e): clean.clone() for e in grid}
+    for atk in members:
+        c = run_sweep(atk, model, model, x, y, grid, mode="exact", batch_size=batch, standing=standing)
+        standing.update({e: k.to(x.device) for e, k in zip(c.eps, c.correct)})
+    survivors = [float(standing[float(e)].float().mean()) for e in grid]
+    t_survivors = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    alive = {float(e): clean.clone() for e in grid}
+    for atk in members:
+        for k, e in enumerate(grid):
+            if e == 0:
+                continue
+            adv = torch.cat([atk.perturb(model, x[i : i + batch], y[i : i + batch], e, call=k)
+                             for i in range(0, len(x), batch)])
+            with torch.no_grad():
+                alive[float(e)] &= model(adv).argmax(1) == y
+    everything = [float(alive[float(e)].float().mean()) for e in grid]
+    return survivors, t_survivors, everything, time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
@@ -95,6 +130,7 @@ def main() -> None:
                     help="auto: Fashion-MNIST when installed, else the digits MLP")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=3, help="FGSM timings: best of this many runs")
+    ap.add_argument("--ensemble-n", type=int, default=200, help="examples for the AutoAttack comparison (0: skip it)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -149,6 +185,19 @@ def main() -> None:
         totals[1] += t_fast
     print(f"\noverall: {'PASS' if all(v == 'PASS' for v in verdicts) else 'FAIL'} (every attack >= {TARGET_RATIO}x with "
           f"equal curves; both attacks together {totals[0] / totals[1]:.2f}x)")
+    if args.ensemble_n > 0:
+        xe, ye, egrid = x[: args.ensemble_n], y[: args.ensemble_n], [0.0, 0.05, 0.1]
+        surv, t_s, every, t_e = ensemble(model, xe, ye, egrid, args.batch)
+        e_std = math.sqrt(0.25 / len(xe))
+        diff = max(abs(a - b) for a, b in zip(surv, every))
+        ratio = t_e / t_s
+        print(f"\nautoattack (exact) on n={len(xe)}, eps {egrid}: on survivors {t_s:.1f}s   every member on every "
+              f"example {t_e:.1f}s   ratio {ratio:.2f}x")
+        print(f"  survivors : {' '.join(f'{r:.3f}' for r in surv)}")
+        print(f"  everything: {' '.join(f'{r:.3f}' for r in every)}")
+        ok = ratio >= ENSEMBLE_RATIO and diff <= e_std
+        print(f"  {'PASS' if ok else 'FAIL'}: speed-up {ratio:.2f}x vs target {ENSEMBLE_RATIO}x; max |diff| {diff:.4f} "
+              f"(allowed {e_std:.4f} = 1 binomial std)")
 
 
 if __name__ == "__main__":

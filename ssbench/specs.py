@@ -226,7 +226,7 @@ class AttackSpec(Spec):
     """An attack job against one trained run."""
 
     target: str = Field(description="run id (or checkpoint path) of the model to attack")
-    suite: Literal["whitebox", "blackbox", "hashing", "all"] = "whitebox"
+    suite: Literal["whitebox", "blackbox", "hashing", "autoattack", "all"] = "whitebox"
     attacks: tuple[str, ...] | None = Field(default=None, description="subset of the suite's attacks")
     modes: tuple[GradientMode, ...] = ("feedback", "exact")
     eps: tuple[float, ...] | EpsPreset = "paper"
@@ -244,6 +244,19 @@ class AttackSpec(Spec):
     device: str = "auto"
     recipe: str | None = None
     tags: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _suite_defaults(cls, data: Any) -> Any:
+        # the suite decides what an unnamed grid and unnamed modes mean, wherever the spec is built
+        # (CLI, recipe, Python): hashing sweeps the hashing grid, autoattack runs in exact mode
+        if isinstance(data, dict):
+            suite = data.get("suite", "whitebox")
+            if data.get("modes") is None:
+                data = {**data, "modes": ("exact",) if suite == "autoattack" else ("feedback", "exact")}
+            if data.get("eps") is None:
+                data = {**data, "eps": "hashing" if suite == "hashing" else "paper"}
+        return data
 
     @field_validator("modes")
     @classmethod

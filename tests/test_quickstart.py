@@ -38,7 +38,10 @@ def test_runs_are_all_there(quickstart: tuple[Path, str]) -> None:
     runs = open_store(url).list_runs()
     assert [r.kind for r in runs].count("pretrain") == 1
     assert sorted(r.rule for r in runs if r.kind == "finetune") == ["bp", "brsf", "fa", "frsf", "usf"]
-    assert [r.kind for r in runs].count("attack") == 5
+    attacks = [r for r in runs if r.kind == "attack"]
+    assert len(attacks) == 10  # per fine-tune: FGSM/PGD in both modes, then the AutoAttack headline
+    headline = [r for r in attacks if r.config["suite"] == "autoattack"]
+    assert sorted(r.rule for r in headline) == sorted(RULES) and all(r.config["modes"] == ["exact"] for r in headline)
     assert all(r.status == "finished" for r in runs)
 
 
@@ -53,7 +56,7 @@ def test_csv_tables_equal_the_database(quickstart: tuple[Path, str]) -> None:
     seen = 0
     for row in rows:
         key = (row["rule"], row["attack"], row["mode"], round(float(row["epsilon"]), 6))
-        if row["mode"] == "worst":
+        if row["mode"] in ("worst", "all"):  # per-example worst cases, not stored points
             continue
         assert float(row["robust_mean"]) == pytest.approx(by_key[key], abs=1e-12)
         seen += 1
@@ -94,11 +97,12 @@ def test_written_plots_hold_every_rule_and_attack(quickstart: tuple[Path, str]) 
     # the PNG is the same figure at 200 dpi: SVG points / 72 * 200 pixels, and big enough to print
     w_pt, h_pt = (float(root.get(k).removesuffix("pt")) for k in ("width", "height"))
     w_px, h_px = _png_size(svg.with_suffix(".png"))
-    assert (w_px, h_px) == (round(w_pt / 72 * 200), round(h_pt / 72 * 200))
+    # (within a pixel: matplotlib and the SVG writer round the size each their own way)
+    assert abs(w_px - w_pt / 72 * 200) <= 1 and abs(h_px - h_pt / 72 * 200) <= 1
     assert w_px >= 1200 and 0.2 < h_px / w_px < 1.0
     # the figure's lines: every rule, exact solid and feedback dashed, in every attack panel
     fig = plot_robustness(robust_table(open_store(url), ReportFilter(recipe="quickstart")))
-    panels = [ax for ax in fig.axes if ax.get_visible()]
+    panels = [ax for ax in fig.axes if ax.get_visible() and ax.get_title() in ("fgsm", "pgd")]
     assert sorted(ax.get_title() for ax in panels) == ["fgsm", "pgd"]
     for ax in panels:
         styles = {line.get_label(): line.get_linestyle() for line in ax.get_lines()}

@@ -39,8 +39,14 @@ def test_quickstart_recipe_is_the_documented_task() -> None:
     assert r.data.name == "fashion-mnist" and r.data.classes == (0, 1, 2, 3, 4)
     assert r.finetune.data.classes == (5, 6, 7, 8, 9)
     assert [x.name for x in r.finetune.rules] == ["bp", "usf", "frsf", "brsf", "fa"]
-    assert r.attack is not None and set(r.attack.modes) == {"feedback", "exact"}
-    assert set(r.attack.attacks) == {"fgsm", "pgd"}
+    whitebox, headline = r.attack  # FGSM/PGD in both modes, then AutoAttack in exact mode
+    assert set(whitebox.modes) == {"feedback", "exact"} and set(whitebox.attacks) == {"fgsm", "pgd"}
+    assert headline.suite == "autoattack" and headline.modes is None  # the suite's default: exact
+    from ssbench.recipes import Overrides, plan
+
+    specs = [j.spec for j in plan(r, Overrides()) if j.kind == "attack"]
+    assert sorted({(s.suite, s.modes) for s in specs}) == [("autoattack", ("exact",)), ("whitebox", ("feedback", "exact"))]
+    assert len(specs) == 10  # two stages x five fine-tunes
 
 
 def test_unknown_key_and_bad_values_are_errors(tmp_path: Path) -> None:
@@ -292,7 +298,7 @@ def test_lists_of_numbers_are_one_line_errors(tmp_path: Path, args: list[str]) -
 
 
 def _arithmetic_jobs(path: Path) -> int:
-    """seeds x models x train limits x (pretrain + rules x (fine-tune + attack)), from the YAML alone."""
+    """seeds x models x train limits x (pretrain + rules x (fine-tune + attack stages)), from the YAML alone."""
     import yaml
 
     raw = yaml.safe_load(path.read_text())
@@ -300,7 +306,8 @@ def _arithmetic_jobs(path: Path) -> int:
     models = [models] if isinstance(models, (dict, str)) else models
     ft = raw["finetune"]
     pre = 1 if raw.get("pretrain") is not None and not ft.get("from_scratch", False) else 0
-    per_rule = 1 + (1 if raw.get("attack") is not None else 0)
+    attack = raw.get("attack")
+    per_rule = 1 + (0 if attack is None else len(attack) if isinstance(attack, list) else 1)
     return (len(raw.get("seeds", [0])) * len(models) * len(raw.get("train_limits", [None]))
             * (pre + len(ft["rules"]) * per_rule))
 

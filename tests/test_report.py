@@ -372,7 +372,10 @@ def test_worst_row_is_flagged_only_by_checks_it_rests_on(store):
         assert fc("bp", "fgsm", 0.1, mode) == 1
 
 
-def test_worst_falls_back_to_min_without_strings():
+def test_worst_is_na_without_strings_or_on_different_examples():
+    """Accuracy: no per-example bits, or sweeps of other examples -> the worst case cannot be formed
+    (NaN and why), never the min over modes passed off as a worst case. mAP: the min (no per-example form)."""
+    from ssbench.report.sweeps import NA_BITS, NA_EXAMPLES
     from ssbench.report.tables import worst_case
 
     pts = pd.DataFrame({
@@ -382,12 +385,20 @@ def test_worst_falls_back_to_min_without_strings():
         "failed_checks": [0, 1, 0],
     })
     w = worst_case(pts)
-    assert w["robust"].tolist() == [0.3] and w["combined"].tolist() == ["min"] and w["failed_checks"].tolist() == [1]
+    assert np.isnan(w["robust"].iloc[0]) and w["combined"].tolist() == [NA_BITS] and w["failed_checks"].tolist() == [1]
     pts["correct"] = ["1111111000", "0001111111", "1111100000"]
     w = worst_case(pts)
     assert w["robust"].tolist() == [0.2] and w["correct"].tolist() == ["0001100000"]
     pts["failed_checks"] = [2, 0, 0]  # only the feedback mode failed: the worst case does not rest on it
     assert worst_case(pts)["failed_checks"].tolist() == [0]
+    other_seed = pts.assign(attack_seed=[0, 1, 0])
+    assert np.isnan(worst_case(other_seed)["robust"].iloc[0]) and worst_case(other_seed)["combined"].tolist() == [NA_EXAMPLES]
+    # same n and seed, but the runs stored other indices (e.g. another test set): not the same examples
+    two_runs = pts.assign(run_id=[5, 6, 5])
+    assert worst_case(two_runs, {5: [3, 1, 4], 6: [3, 1, 4]})["robust"].tolist() == [0.2]
+    assert worst_case(two_runs, {5: [3, 1, 4], 6: [2, 7, 1]})["combined"].tolist() == [NA_EXAMPLES]
+    mean_ap = pts.assign(metric="map@1000", correct=None)
+    assert worst_case(mean_ap)["robust"].tolist() == [0.3] and worst_case(mean_ap)["combined"].tolist() == ["min"]
 
 
 def test_alignment_table_initial_and_final(store):
@@ -516,7 +527,7 @@ def _parse_markdown(text: str) -> list[list[str]]:
 def _parse_latex(text: str) -> list[list[str]]:
     body = text.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "")
     rows = [r.strip().removesuffix(r"\\").strip() for r in body.strip().splitlines() if r.strip()]
-    unescape = lambda s: (s.replace(r"$\pm$", "±").replace(r"$\theta$", "θ").replace(r"\_", "_").replace(r"\&", "&")  # noqa: E731
+    unescape = lambda s: (s.replace(r"$\pm$", "±").replace(r"$\theta$", "θ").replace(r"$\varepsilon$", "ε").replace(r"\_", "_").replace(r"\&", "&")  # noqa: E731
                           .replace(r"\%", "%").replace(r"\textbar{}", "|"))
     return [[unescape(c.strip()) for c in re.split(r"(?<!\\)&", r)] for r in rows]
 
@@ -616,8 +627,16 @@ def test_robustness_plot_series(store, tmp_path):
     t = robust_table(store, ReportFilter(recipe="demo"))
     fig = plot_robustness(t, title="lenet")
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == ["fgsm", "pgd"]
-    for ax in axes:
+    assert [ax.get_title() for ax in axes] == ["fgsm", "pgd", "worst of all attacks x modes"]
+    everything = {ln.get_label(): ln for ln in axes[2].get_lines()}
+    assert set(everything) == {f"{r} all" for r in RULES}
+    assert all(ln.get_linestyle() == "-" and ln.get_alpha() is None for ln in everything.values())  # solid, not a band
+    x, y = everything["fa all"].get_data()
+    expect = t[(t.rule == "fa") & (t["mode"] == "all")].sort_values("epsilon")
+    np.testing.assert_allclose(y, expect["robust_mean"])
+    one = plot_robustness(t[t.rule == "fa"])  # a single series: the headline curve is black
+    assert next(ln for ln in one.axes[2].get_lines()).get_color() == "black"
+    for ax in axes[:2]:
         lines = {ln.get_label(): ln for ln in ax.get_lines()}
         assert set(lines) == {f"{r} {m}" for r in RULES for m in ("feedback", "exact", "transfer", "worst")}
         assert lines["fa feedback"].get_linestyle() == "--" and lines["fa exact"].get_linestyle() == "-"

@@ -5,7 +5,7 @@
     with gradient_source("exact", target) as g:
         curve = run_sweep(atk, target, g, x, y, resolve_eps("paper"), mode="exact")
 """
-from ssbench.attacks import apgd, boundary, fgsm, hopskipjump, onepixel, pgd, square, tpgd  # noqa: F401
+from ssbench.attacks import apgd, boundary, fab, fgsm, hopskipjump, onepixel, pgd, square, tpgd  # noqa: F401
 from ssbench.attacks.base import ATTACKS, Attack, eval_guard, suite_attacks
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
 from ssbench.attacks.sanity import Check, curve_checks, directional_agreement, gradient_consistency

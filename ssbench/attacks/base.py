@@ -43,6 +43,10 @@ class Attack:
     # Losses selectable with ``loss=`` (first = default). Empty: the attack's loss is fixed
     # (APGD-CE/DLR, TPGD's KL, the black-box attacks) and states it in its own params.
     loss_choices: ClassVar[tuple[str, ...]] = ()
+    min_classes: ClassVar[int] = 2  # fewer classes than this: the attack is not defined
+    # sanity check doubled_steps reruns the attack with twice its iterations; False where that
+    # costs too much for a check (one targeted run per class)
+    doubling_check: ClassVar[bool] = True
 
     def __init__(self, *, steps: int | None = None, seed: int = 0, loss: str | None = None, **options: Any) -> None:
         self.steps = steps if steps is not None else self.default_steps
@@ -107,7 +111,11 @@ def register(cls: type[Attack]) -> type[Attack]:
 
 
 def suite_attacks(suite: str) -> list[str]:
-    """Names of the attacks in a suite ('all' = white-box then black-box)."""
+    """Names of the attacks in a suite ('all' = white-box then black-box; an ensemble's in its order)."""
+    from ssbench.attacks.ensemble import ENSEMBLES
+
+    if suite in ENSEMBLES:
+        return list(ENSEMBLES[suite])
     suites = ("whitebox", "blackbox") if suite == "all" else (suite,)
     return [n for s in suites for n in ATTACKS.names() if ATTACKS.get(n).suite == s]
 
@@ -159,6 +167,12 @@ def seeded(seed: int, device: torch.device) -> Iterator[None]:
             yield
         finally:
             np.random.set_state(np_state)
+
+
+def num_classes(model: nn.Module, x: Tensor) -> int:
+    """Output width of a classifier, from one forward of one example."""
+    with torch.no_grad():
+        return int(model(x[:1]).shape[1])
 
 
 def run_torchattack(atk: Any, x: Tensor, y: Tensor) -> Tensor:

@@ -15,8 +15,9 @@ from rich.table import Table
 from torch import nn
 
 from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, suite_attacks
+from ssbench.attacks.ensemble import ENSEMBLES
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
-from ssbench.attacks.sanity import Check, curve_checks, gradient_consistency
+from ssbench.attacks.sanity import Check, curve_checks, doubled_steps, gradient_consistency, zero_gradients
 from ssbench.attacks.starting import predict
 from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
 from ssbench.errors import SpecError
@@ -43,7 +44,8 @@ def attack_names(spec: AttackSpec) -> list[str]:
             ATTACKS.get(name)  # unknown names: one line listing the choices
             if name.lower() not in suite:
                 raise SpecError(f"attack {name!r} is not in suite {spec.suite!r} ({', '.join(suite)}); use --suite all")
-        names = [n.lower() for n in spec.attacks]
+        chosen = {n.lower() for n in spec.attacks}
+        names = [n for n in suite if n in chosen] if spec.suite in ENSEMBLES else [n.lower() for n in spec.attacks]
     if spec.loss != "ce" and not any(ATTACKS.get(n).loss_choices for n in names):
         raise SpecError(f"--loss {spec.loss} applies to {', '.join(loss_attacks())}; none is selected "
                         "(apgd-dlr is APGD's non-saturating loss)")
@@ -170,6 +172,9 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         return rec.run_id
 
     names = attack_names(spec)
+    names, skipped_attacks = defined_for(names, target.meta.num_classes, optional=spec.suite in ENSEMBLES and not spec.attacks)
+    for why in skipped_attacks.values():
+        console.print(f"[yellow]{escape(why)}[/]")
     eps_grid = resolve_eps(spec.eps)
     bundle = load_data(target.spec.data)
     indices = select_indices(len(bundle.test), spec.n_examples, spec.seed)
@@ -185,6 +190,8 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         for mode in (modes if atk.uses_gradients else [QUERY_MODE]):
             jobs.append((atk, mode))
 
+    # an ensemble's attacks share one chain of survivors: each attacks what the ones before left standing
+    standing = {float(e): clean_correct.clone() for e in eps_grid} if spec.suite in ENSEMBLES else None
     with store.run("attack", **run_kw) as rec:
         rec.log_evaluation("accuracy", clean_acc, split="test", params={"n": len(indices), "clean": True})
         curves: list[SweepCurve] = []
@@ -194,12 +201,23 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
                 task = progress.add_task(escape(f"{atk.name} [{mode}]"), total=len(grid))
                 with gradient_source(mode, model, sur_model) as g:
                     curve = run_sweep(atk, model, g, x, y, eps_grid, mode=mode, batch_size=spec.batch_size,
-                                      pool=(x, y), on_eps=lambda _e, t=task: progress.advance(t))
+                                      pool=(x, y), on_eps=lambda _e, t=task: progress.advance(t), standing=standing)
+                if standing is not None:
+                    chain = [f"{c.attack}/{c.mode}" for c in curves]
+                    for p in curve.params:
+                        p.update(ensemble=spec.suite, chain=chain)
+                    standing.update({e: c.to(x.device) for e, c in zip(curve.eps, curve.correct)})
                 rec.add_sweep(curve.to_points())  # one transaction per sweep
                 curves.append(curve)
 
         checks = consistency_checks(modes if any(a.uses_gradients for a, _ in jobs) else [],
                                     model, sur_model, x[clean_correct], y[clean_correct], spec.seed)
+        for (atk, mode), curve in zip(jobs, curves):
+            if atk.uses_gradients and atk.doubling_check and not (atk.single_step or atk.minimum_norm):
+                with gradient_source(mode, model, sur_model) as g:
+                    check = doubled_steps(atk, curve, model, g, x, y, clean_correct)
+                if check is not None:
+                    checks.append(check)
         checks += curve_checks(curves, clean_acc, bundle.num_classes, clean_correct=clean_correct)
         rec.add_sanity([c.to_record() for c in checks])
         worst = worst_case(curves)
@@ -209,9 +227,26 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
             worst_case={f"{e:g}": r for e, r in worst.items()},
             checks_failed=sum(c.passed is False for c in checks),
             **({"skipped_modes": skipped} if skipped else {}),
+            **({"skipped_attacks": skipped_attacks} if skipped_attacks else {}),
         )
         print_summary(console, rec.run_id, curves, checks, clean_acc, worst)
         return rec.run_id
+
+
+def defined_for(names: list[str], classes: int, *, optional: bool) -> tuple[list[str], dict[str, str]]:
+    """The attacks defined for a classifier of ``classes`` outputs (APGD-T's targeted DLR needs 4).
+    Members of a whole ensemble that are not are skipped with a note (AutoAttack's standard on a
+    3-class task is the rest of it); an attack named with --attack is an error."""
+    keep, skipped = [], {}
+    for name in names:
+        need = ATTACKS.get(name).min_classes
+        if classes >= need:
+            keep.append(name)
+        elif optional:
+            skipped[name] = f"{name} skipped: it needs at least {need} classes, the target has {classes}"
+        else:
+            raise SpecError(f"attack {name} needs at least {need} classes; the target has {classes}")
+    return keep, skipped
 
 
 def _progress(console: Console, quiet: bool) -> Progress:
@@ -228,6 +263,7 @@ def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Mo
     for mode in modes:
         with gradient_source(mode, target, surrogate) as g:
             out.append(gradient_consistency(mode, g, target, x, y, seed=seed))
+            out.append(zero_gradients(mode, g, x, y))
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssbench.attacks.base import Attack
 from ssbench.attacks.losses import runner_up
 from ssbench.attacks.sweep import SweepCurve
 
@@ -227,3 +228,69 @@ def _best(curves: Sequence[SweepCurve], mode: str) -> SweepCurve:
         out.eps.append(e)
         out.correct.append(corr)
     return out
+
+
+# -- (g) doubled iterations, (h) zero gradients ----------------------------------------------------
+# Carlini et al. 2019 ("On evaluating adversarial robustness"): an attack that has converged gains
+# nothing from more iterations, and a model whose input gradients vanish defeats gradient attacks
+# without being robust. Both are checked on a subsample of clean-correct examples.
+
+CHECK_EXAMPLES = 64
+ZERO_GRADIENT_SHARE = 0.1  # more than this share of examples with an all-zero input gradient
+
+
+def doubled_steps(attack: Attack, curve: SweepCurve, target: nn.Module, grad_model: nn.Module, x: Tensor, y: Tensor,
+                  clean_correct: Tensor) -> Check | None:
+    """Robust accuracy with 2x the attack's iterations vs 1x, at the budget where the curve is nearest
+    half the clean accuracy, on the first CHECK_EXAMPLES clean-correct examples (both runs fresh on
+    the same examples, so the sweep's cumulative bookkeeping does not enter). Flagged when doubling
+    lowers it by more than the tolerance: the reported curve is not converged."""
+    budgets = [(e, r) for e, r in zip(curve.eps, curve.robust()) if e > 0]
+    if attack.steps is None or not budgets:
+        return None
+    idx = clean_correct.nonzero().flatten()[:CHECK_EXAMPLES]
+    if len(idx) == 0:
+        return None
+    half = float(clean_correct.float().mean()) / 2
+    eps = min(budgets, key=lambda er: abs(er[1] - half))[0]
+    twice = type(attack)(steps=2 * attack.steps, seed=attack.seed,
+                         **({"loss": attack.loss} if attack.loss_choices else {}), **attack.options)
+    xs, ys = x[idx], y[idx]
+    robust = []
+    for atk in (attack, twice):
+        adv = atk.perturb(grad_model, xs, ys, eps, call=7)
+        with torch.no_grad():
+            robust.append(float((target(adv).argmax(1) == ys).float().mean()))
+    once, double = robust
+    tol = tolerance(max(once, double), len(idx))
+    ok = once - double <= tol
+    return Check("doubled_steps", ok, once - double,
+                 f"eps={eps:g}, {len(idx)} clean-correct examples: {attack.steps} steps {once:.3f} vs "
+                 f"{2 * attack.steps} steps {double:.3f} (tolerance {tol:.3f})"
+                 + ("" if ok else "; the attack has not converged: its curve overstates robustness"),
+                 attack.name, curve.mode)
+
+
+def zero_gradients(mode: str, grad_model: nn.Module, x: Tensor, y: Tensor) -> Check:
+    """Share of examples whose input gradient of the cross-entropy, through the attacker's module, is
+    exactly zero (saturated softmax, a rule backward that sends nothing): a gradient attack cannot
+    move them, which reads as robustness. ``x, y``: clean-correct examples."""
+    x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
+    if len(x) == 0:
+        return Check("zero_gradients", None, None, "no clean-correct examples", mode=mode)
+    was = {n: m.training for n, m in grad_model.named_modules()}
+    grad_model.eval()
+    try:
+        xg = x.detach().clone().requires_grad_(True)
+        loss = F.cross_entropy(grad_model(xg), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
+    finally:
+        for n, m in grad_model.named_modules():
+            m.training = was.get(n, m.training)
+    share = float((g.flatten(1).abs().amax(1) == 0).float().mean())
+    ok = share <= ZERO_GRADIENT_SHARE
+    return Check("zero_gradients", ok, share,
+                 f"{share:.0%} of {len(x)} clean-correct examples have an all-zero input gradient of the CE loss "
+                 f"(flagged above {ZERO_GRADIENT_SHARE:.0%})"
+                 + ("" if ok else "; gradient attacks cannot move them: use --loss margin, apgd-dlr or black-box attacks"),
+                 mode=mode)

@@ -101,10 +101,14 @@ def run_sweep(
     fast: bool = True,
     pool: tuple[Tensor, Tensor] | None = None,
     on_eps: Callable[[float], None] | None = None,
+    standing: dict[float, Tensor] | None = None,
 ) -> SweepCurve:
     """Sweep ``attack`` crafted on ``grad_model`` and judged by ``target``'s forward.
 
     Robust accuracy at each epsilon is over ALL n examples (clean-wrong ones count as wrong).
+    ``standing`` (ensembles): per epsilon, the examples every earlier attack of the ensemble left
+    standing. Only those are attacked and can count as robust, so the curve is cumulative over the
+    ensemble so far (AutoAttack's protocol: each attack runs on the survivors of the ones before).
     """
     grid = sorted(set(float(e) for e in (attack.budget_grid if attack.budget_grid is not None else eps_grid)))
     curve = SweepCurve(attack=attack.name, mode=mode, n=len(x), norm=attack.norm)
@@ -119,9 +123,15 @@ def run_sweep(
         directions = _directions(attack, grad_model, x, y, clean_correct, batch_size) if fast else None
         for k, eps in enumerate(grid):
             t0 = time.perf_counter()
-            idx = (alive if fast else clean_correct).nonzero().flatten()
+            still = standing[eps].to(x.device) if standing is not None else None
+            if still is not None and fast:
+                alive &= still
+            base = alive if fast else (clean_correct if still is None else clean_correct & still)
+            idx = base.nonzero().flatten()
             if eps == 0:  # all n examples, re-predicted in another order / batching (sanity check f)
                 correct = _eps0_correct(attack, grad_model, target, x, y, batch_size)
+                if still is not None:
+                    correct &= still
                 if fast:
                     alive &= correct
             else:
@@ -138,7 +148,7 @@ def run_sweep(
                     alive &= ~broken
                     correct = alive.clone()
                 else:
-                    correct = clean_correct & ~broken
+                    correct = base & ~broken
             curve.eps.append(eps)
             curve.correct.append(correct.cpu())
             curve.seconds.append(time.perf_counter() - t0)

@@ -20,6 +20,8 @@ HELP = (
     "(found in the store, or --surrogate: must be rule bp, same architecture, same data and classes). "
     "--mode all runs transfer only where a BP surrogate exists (skipped with a note otherwise). "
     "Black-box attacks (square, onepixel, boundary, hsj) only query the target (mode 'query'). "
+    "--suite autoattack runs AutoAttack's standard ensemble with its reference settings, in exact mode "
+    "unless --mode says otherwise; its table's last row is the ensemble's robust accuracy. "
     "Robust accuracy is always measured on the target's forward, over the first --n of a seeded "
     "permutation of the test set. Sanity checks (gradient consistency, iterative <= single-step, "
     "white-box <= black-box, white-box <= transfer, chance at large eps, eps=0 = clean) are stored "
@@ -37,9 +39,9 @@ def _eps(text: str) -> tuple[float, ...] | str:
 
 def attack(
     run: Annotated[str, typer.Argument(help="run id (see `ssbench runs`) or checkpoint path of the model to attack")],
-    suite: Annotated[str, typer.Option(help="whitebox, blackbox, hashing or all")] = "whitebox",
-    mode: Annotated[list[str] | None, typer.Option("--mode", help="feedback, exact, transfer or all; repeatable [default: feedback, exact]")] = None,
-    attack_name: Annotated[list[str] | None, typer.Option("--attack", help="whitebox: fgsm, pgd, apgd-ce, apgd-dlr, tpgd; blackbox: square, onepixel, boundary, hsj; hashing: hag, sdha, fgsm-hash, pgd-hash, hsj-label; repeatable [default: the whole suite]")] = None,
+    suite: Annotated[str, typer.Option(help="whitebox, blackbox, hashing, autoattack (AutoAttack's standard ensemble: apgd-ce, apgd-t, fab-t, square, each on the survivors of the ones before) or all")] = "whitebox",
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="feedback, exact, transfer or all; repeatable [default: exact for autoattack, else feedback, exact]")] = None,
+    attack_name: Annotated[list[str] | None, typer.Option("--attack", help="whitebox: fgsm, pgd, apgd-ce, apgd-dlr, apgd-t, fab-t, tpgd; blackbox: square, onepixel, boundary, hsj; hashing: hag, sdha, fgsm-hash, pgd-hash, hsj-label; autoattack: a subset of its members; repeatable [default: the whole suite]")] = None,
     eps: Annotated[str | None, typer.Option(help="paper (0..0.1 step 0.01), wide (0..0.5), cifar (k/255), hashing ({2,4,8,16}/255 and 0.1), or a list 0,0.05,0.1 / 0,2/255,8/255; pixel space, inputs in [0, 1] [default: hashing for --suite hashing, else paper]")] = None,
     n: Annotated[int, typer.Option("--n", help="examples attacked (first n of a seeded test permutation)")] = 500,
     steps: Annotated[int | None, typer.Option(help="iterations of iterative gradient attacks [default per attack: pgd 40, apgd 100, tpgd 10]")] = None,
@@ -56,11 +58,11 @@ def attack(
     from ssbench.store import open_store
 
     every = bool(mode and "all" in mode)
-    modes = list(GRADIENT_MODES) if every else (mode or ["feedback", "exact"])
+    modes = tuple(GRADIENT_MODES) if every else (tuple(mode) if mode else None)  # None: the suite's default
     spec = AttackSpec(
-        target=run, suite=suite, attacks=tuple(attack_name) if attack_name else None, modes=tuple(modes),
-        eps=_eps(eps if eps is not None else ("hashing" if suite == "hashing" else "paper")), n_examples=n, batch_size=batch_size, steps=steps, surrogate=surrogate, seed=seed,
-        device=device, loss=loss, transfer_optional=every,
+        target=run, suite=suite, attacks=tuple(attack_name) if attack_name else None, modes=modes,
+        eps=_eps(eps) if eps is not None else None, n_examples=n, batch_size=batch_size, steps=steps,
+        surrogate=surrogate, seed=seed, device=device, loss=loss, transfer_optional=every,
     )
     run_attack(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 

@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
 
             build_report(
                 store, recipe=recipe.name, formats=recipe.report.formats, out=report_out,
-                plots=recipe.report.plots, console=SafeConsole(),
+                plots=recipe.report.plots, console=SafeConsole(), eps=recipe.report.leaderboard_eps,
             )
         if result.failed:
             console.print(f"{len(result.failed)} job(s) failed or skipped; run the recipe again to retry them "

@@ -11,7 +11,7 @@ from ssbench.printing import SafeConsole
 
 # the names of ssbench.report.tables.TABLES, spelled out: importing that module here would load
 # pandas for every command (tests/test_report.py checks the two lists agree)
-TableName = Literal["clean", "robust", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity", "all"]
+TableName = Literal["clean", "robust", "leaderboard", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity", "all"]
 FormatName = Literal["terminal", "markdown", "latex", "csv"]
 
 HELP = (
@@ -20,21 +20,28 @@ HELP = (
     "options from its stored config (ifa(θ=30), mlp[256x3], fashion-mnist[5-9, train=1500]), hashing "
     "runs their bits, and a 'variant' column names any other setting that differs (epochs=5).\n\n"
     "Tables: clean = test accuracy (mean ± std over seeds); "
-    "robust = robust accuracy per attack x gradient mode x ε, with 'worst' = an example counts as robust "
-    "only if it survives every gradient mode (feedback, exact, transfer); alignment = angle(W, B) and "
+    "robust = robust accuracy per attack x setting x gradient mode x ε, with 'worst' = an example counts as robust "
+    "only if it survives every gradient mode of the attack, and 'worst of all' = only if it survives every attack and mode "
+    "run on the same examples (n/a where they differ); sweeps that differ in loss, steps, restarts, queries, n or ε grid "
+    "are separate rows (the 'setting' column names the difference), each from the newest attack run with that setting; "
+    "leaderboard = one row per rule x model x data at one ε (--eps, else the largest ε every row has): "
+    "clean, AutoAttack (exact), PGD with the feedback gradient (what the papers measured), transfer, black-box, worst of "
+    "all, failed sanity checks; alignment = angle(W, B) and "
     "|B|/|W| per layer before training and at the last epoch, and the rule-vs-true gradient angle when "
     "tracked; hashing = retrieval mAP@K and precision@K per rule x bits, and mAP under attack; "
     "hessian = trace and top eigenvalue of the loss Hessian (ssbench analyze hessian); trajectory = loss, "
     "Hessian trace and top eigenvalue per kept epoch (ssbench analyze trajectory); corruptions = "
     "accuracy per corruption x severity and the mean corruption accuracy (ssbench analyze corruptions); "
     "trainability = final training accuracy over initial weight x feedback variances (ssbench analyze trainability); "
-    "sanity = failed sanity checks. Numbers marked '!' rest on failed sanity checks.\n\n"
+    "sanity = failed sanity checks. Numbers marked '!' rest on failed sanity checks. Accuracies on n examples carry "
+    "their Wilson 95% score interval [lo, hi] of the pooled examples beside the ± std over seeds (csv: robust_lo, robust_hi).\n\n"
     "Only finished runs count. --out DIR writes one file per table (markdown .md, latex .tex, csv .csv) "
     "plus PNG + SVG plots (robustness, alignment, training curves, Hessian spectrum and loss surface, "
     "curvature over training and PCA weight trajectories, accuracy vs corruption severity, trainability heatmap); without --out tables go to the terminal / stdout.\n\n"
     "Examples: ssbench report --recipe quickstart | "
     "ssbench report --format latex --out paper/ --dataset fashion-mnist | "
-    "ssbench report --table robust --rule fa --format csv > fa.csv"
+    "ssbench report --table robust --rule fa --format csv > fa.csv | "
+    "ssbench report --table leaderboard --eps 8/255"
 )
 
 
@@ -52,6 +59,7 @@ def register(app: typer.Typer) -> None:
         rule: Annotated[str | None, typer.Option("--rule", "-r", help="only this learning rule (by name: --rule ifa keeps every ifa variant)")] = None,
         table: Annotated[TableName, typer.Option("--table", "-t", help="which table (all = every table that has data; hashing includes hashing attacks)")] = "all",
         plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG)")] = True,
+        eps: Annotated[str | None, typer.Option("--eps", help="the leaderboard's ε, e.g. 0.1 or 8/255 [default: the largest ε every row has]")] = None,
     ) -> None:
 
         from ssbench.report import build_report
@@ -64,4 +72,19 @@ def register(app: typer.Typer) -> None:
         build_report(
             open_store(db, artifacts=artifacts), recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule, tables=table,
             formats=(fmt,), out=out, plots=plots, console=console, notes=SafeConsole(stderr=True) if piped else None,
+            eps=None if eps is None else parse_eps(eps),
         )
+
+
+def parse_eps(text: str) -> float:
+    """'0.1' or '8/255' -> a float; anything else is a one-line error."""
+    from ssbench.errors import SpecError
+
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise SpecError(f"--eps {text!r}: give a number, e.g. 0.1 or 8/255") from None
+    if value < 0:
+        raise SpecError(f"--eps {text}: ε must be >= 0")
+    return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ssbench.errors import SpecError
-from ssbench.recipes.schema import Overrides, Recipe, Resources, TrainStage
+from ssbench.recipes.schema import AttackStage, Overrides, Recipe, Resources, TrainStage
 from ssbench.specs import AttackSpec, ModelSpec, TrainSpec
 
 PENDING = "@pending"  # stands for the run id of the job named in Job.source
@@ -97,9 +97,7 @@ def _given(override: Any, default: Any) -> Any:
     return default if override is None else override
 
 
-def _attack_spec(recipe: Recipe, ov: Overrides, seed: int) -> AttackSpec:
-    a = recipe.attack
-    assert a is not None
+def _attack_spec(recipe: Recipe, a: AttackStage, ov: Overrides, seed: int) -> AttackSpec:
     return AttackSpec(
         target=PENDING, suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
         n_examples=_given(ov.n_examples, a.n_examples), batch_size=a.batch_size, steps=a.steps, loss=a.loss,
@@ -128,14 +126,13 @@ def _cell(recipe: Recipe, ov: Overrides, seed: int, model: ModelSpec, add: AddJo
             )
             label = describe(kind, spec)
             group.append((add(kind, spec, label, source=pre), entry.name, label))
-        if recipe.attack is None:
-            continue
         bp = [k for k, name, _ in group if name == "bp"]
-        needs_sibling = "transfer" in recipe.attack.modes
-        for key, name, label in group:
-            after = tuple(bp) if needs_sibling and name != "bp" else ()
-            add("attack", _attack_spec(recipe, rv, seed), f"attack {recipe.attack.suite} of {label}",
-                source=key, after=after)
+        for stage in recipe.attack:
+            spec = _attack_spec(recipe, stage, rv, seed)
+            needs_sibling = "transfer" in spec.modes
+            for key, name, label in group:
+                after = tuple(bp) if needs_sibling and name != "bp" else ()
+                add("attack", spec, f"attack {stage.suite} of {label}", source=key, after=after)
 
 
 # the most jobs `plan` expands without being told to (--max-jobs): far above any grid in recipes/,
@@ -167,7 +164,7 @@ def check_plan(recipe: Recipe, ov: Overrides = Overrides(), max_jobs: int | None
     names must exist at the same path wherever its jobs run (docs/scale.md)."""
     from ssbench.data import check_data
 
-    if ov.n_examples is not None and recipe.attack is None:
+    if ov.n_examples is not None and not recipe.attack:
         raise SpecError(f"--n {ov.n_examples}: recipe {recipe.name} has no attack stage; leave --n out")
     n = count_jobs(recipe, ov)
     if max_jobs is not None and n > max_jobs:

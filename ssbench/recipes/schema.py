@@ -24,6 +24,7 @@ from ssbench.specs import (
     RuleSpec,
     Spec,
     coerce_eps,
+    parse_eps_value,
 )
 
 
@@ -114,10 +115,12 @@ class FinetuneStage(TrainStage):
 
 
 class AttackStage(Spec):
-    suite: Literal["whitebox", "blackbox", "hashing", "all"] = "whitebox"
+    """One attack job per trained model. Unset modes / eps take the suite's defaults (AttackSpec)."""
+
+    suite: Literal["whitebox", "blackbox", "hashing", "autoattack", "all"] = "whitebox"
     attacks: tuple[str, ...] | None = None
-    modes: tuple[GradientMode, ...] = ("feedback", "exact")
-    eps: tuple[float, ...] | EpsPreset = "paper"
+    modes: tuple[GradientMode, ...] | None = None
+    eps: tuple[float, ...] | EpsPreset | None = None
     n_examples: int = Field(default=500, ge=1)
     batch_size: int = Field(default=256, ge=1)
     steps: int | None = None
@@ -134,6 +137,12 @@ class ReportStage(Spec):
     formats: tuple[Literal["terminal", "markdown", "latex", "csv"], ...] = ("terminal",)
     out: Path | None = None
     plots: bool = True
+    leaderboard_eps: float | None = Field(default=None, ge=0, description="the one budget the leaderboard reports at")
+
+    @field_validator("leaderboard_eps", mode="before")
+    @classmethod
+    def _eps_fraction(cls, v: object) -> object:
+        return parse_eps_value(v) if v is not None else v
 
 
 class Resources(Spec):
@@ -159,7 +168,8 @@ class Recipe(Spec):
     device: str = "auto"
     pretrain: TrainStage | None = None
     finetune: FinetuneStage
-    attack: AttackStage | None = None
+    # one stage or a list: each trained model gets one attack job per stage
+    attack: tuple[AttackStage, ...] = ()
     report: ReportStage | None = None
     resources: Resources = Resources()
 
@@ -167,6 +177,11 @@ class Recipe(Spec):
     @classmethod
     def _one_model(cls, v: Any) -> Any:
         return [v] if isinstance(v, dict | str) else v
+
+    @field_validator("attack", mode="before")
+    @classmethod
+    def _one_attack(cls, v: Any) -> Any:
+        return () if v is None else [v] if isinstance(v, dict | AttackStage) else v
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,14 @@ from ssbench.report.tables import TABLES, ReportFilter, alignment_curves, build_
 
 TITLES = {
     "clean": "Clean test accuracy (mean ± std over seeds; n = runs; labels carry each variant's options, e.g. ifa(θ=30), mlp[256x3], dataset[classes, train=N])",
-    "robust": "Robust accuracy per attack x gradient mode x ε (mean ± std over seeds; worst = per-example worst case over modes; '!' = failed sanity checks)",
+    "robust": ("Robust accuracy per attack x setting x gradient mode x ε: mean ± std over seeds [Wilson 95% interval of the pooled examples; "
+               "none for mAP]; worst = per-example worst case over the attack's modes; worst of all / all = per-example worst case over every "
+               "attack and mode run on the same examples (n/a where they differ); setting = what differs between sweeps of one attack; "
+               "runs = the attack runs behind a row; '!' = failed sanity checks"),
+    "leaderboard": ("Leaderboard at one ε per rule x model x data: clean = accuracy on the attacked examples; Auto Attack = AutoAttack in "
+                    "exact mode; papers = PGD with the rule's feedback gradient (what the papers measured); transfer, black box = worst over "
+                    "their sweeps; worst = per-example worst case over every attack and mode; mean ± std over seeds [Wilson 95% interval "
+                    "of the pooled examples]; '-' = not run; flags = failed sanity checks behind the row ('!' on the cells they concern)"),
     "alignment": "Alignment per layer (mean ± std over seeds): angle(W, B) in degrees and |B|/|W| before training (init) and at the last epoch (final); grad angle = angle(rule's, true weight gradient) at the last epoch, when tracked",
     "hashing": "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
     "hashing_attacks": "Hashing: mAP under attack per bits x gradient mode x ε",
@@ -131,7 +138,7 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
 
 
 # columns a terminal leaves out when even means-only rows do not fit (the files keep them)
-TERMINAL_SPARE = {"alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "trajectory": ("seeds", "split", "n"), "clean": ("seeds",),
+TERMINAL_SPARE = {"leaderboard": ("flags", "n"), "alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "trajectory": ("seeds", "split", "n"), "clean": ("seeds",),
                   "corruptions": ("n",), "hashing": ("n",)}
 
 
@@ -145,7 +152,7 @@ def _terminal_one(name: str, df: pd.DataFrame, title: str, width: int | None, in
     for std, spare in tries:
         shown = display_frame(name, df, std=std, compact=True)
         left_out = [c for c in spare if c in shown.columns]
-        shown = shown.drop(columns=[c for c in (*in_title, *left_out) if c in shown.columns])
+        shown = _without(shown, (*in_title, *left_out))
         note = "" if std else NARROW_NOTE if not left_out else \
             f" (at this terminal width: means only, without {', '.join(left_out)}; all of it: --format markdown or csv)"
         table = to_rich(shown, title + note, width)
@@ -155,13 +162,21 @@ def _terminal_one(name: str, df: pd.DataFrame, title: str, width: int | None, in
 
 
 # how a too-wide terminal table is split, in order: the split-off labels move into the sub-table titles
-TERMINAL_SPLITS = {"robust": (("model", "dataset"), ("attack",)), "hashing_attacks": (("model", "dataset"), ("attack",))}
+TERMINAL_SPLITS = {"robust": (("model", "dataset"), ("attack",)), "hashing_attacks": (("model", "dataset"), ("attack",)),
+                   "leaderboard": (("model", "dataset"), ("epsilon",))}
+SHOWN_AS = {"epsilon": "ε"}  # long-frame columns the display names otherwise
 
 
 def _split_title(keys: tuple[str, ...], values: tuple[Any, ...]) -> str:
     if keys == ("model", "dataset"):
         return f"{values[0]} on {values[1]}"
-    return ", ".join(f"{k} {v}" for k, v in zip(keys, values))
+    return ", ".join(f"{SHOWN_AS.get(k, k)} {v:g}" if isinstance(v, float) else f"{SHOWN_AS.get(k, k)} {v}" for k, v in zip(keys, values))
+
+
+def _without(shown: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """`shown` without the display columns of `columns` (long-frame names; see SHOWN_AS)."""
+    names = {SHOWN_AS.get(c, c) for c in columns} | set(columns)
+    return shown.drop(columns=[c for c in shown.columns if c in names])
 
 
 def _fit(name: str, df: pd.DataFrame, title: str, width: int | None, in_title: tuple[str, ...],
@@ -169,7 +184,7 @@ def _fit(name: str, df: pd.DataFrame, title: str, width: int | None, in_title: t
     from ssbench.report.render import fits, to_rich
 
     shown = display_frame(name, df, compact=True)
-    natural = to_rich(shown.drop(columns=[c for c in in_title if c in shown.columns]), title)  # nothing folded
+    natural = to_rich(_without(shown, in_title), title)  # nothing folded
     if width is None or fits(natural, width):
         return [natural]
     if splits and set(splits[0]) <= set(df.columns):
@@ -209,11 +224,13 @@ def build_report(
     plots: bool = True,
     console: Console | None = None,
     notes: Console | None = None,
+    eps: float | None = None,
 ) -> Report:
     """Build the tables (and, with `out`, table files + plots). Terminal tables go to `console`; other
     formats go to `<out>/<table>.<md|tex|csv>`, or to `console` as text when there is no `out`.
     Messages (no data, failed sanity checks, files written) go to `notes` (default: `console`), so a
-    caller piping CSV to stdout can send them to stderr."""
+    caller piping CSV to stdout can send them to stderr. `eps`: the leaderboard's ε (default: the
+    largest ε every row has)."""
     console = console or SafeConsole()
     notes = notes or console
     if tables != "all" and tables not in TABLES:
@@ -227,7 +244,7 @@ def build_report(
             raise SpecError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
     out_dir = check_out_dir(out) if out is not None else None  # before any table is built
     f = ReportFilter(recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule)
-    built = build_tables(store, f, tables)
+    built = build_tables(store, f, tables, eps=eps)
     report = Report(built)
     if not any(not df.empty for df in built.values()):
         what = ", ".join(f"{k}={v}" for k, v in f.kwargs().items()) or "no filters"

@@ -4,7 +4,8 @@ and tests can inspect it; `save_figure` writes PNG (200 dpi) + SVG (text kept as
 Encoding kept across every figure: one colour per rule (variants of one rule, e.g. ifa at several
 θ, are shades of that rule's colour, dark to light in option order); gradient mode by line
 style (exact solid, feedback dashed, transfer dotted, query dash-dot); the per-example worst case
-across modes is a thick, light solid line under the others. Legends sit outside the axes, so they
+across modes is a thick, light solid line under the others; the worst case over every attack and
+mode has its own panel (solid lines, black for a single series). Legends sit outside the axes, so they
 never cover data, and figures have a fixed size (no tight-bbox cropping): the PNG is exactly
 width x height x 200 dpi, the SVG width x height x 72 pt.
 """
@@ -35,9 +36,12 @@ MODE_STYLE = {
     "transfer": {"linestyle": ":", "linewidth": 1.9},
     "query": {"linestyle": "-.", "linewidth": 1.6},
     "worst": {"linestyle": "-", "linewidth": 4.5, "alpha": 0.35},
+    "all": {"linestyle": "-", "linewidth": 2.2},
 }
 MODE_LABEL = {"exact": "exact gradient", "feedback": "feedback (rule) gradient", "transfer": "transfer (BP surrogate)",
-              "query": "black-box (queries)", "worst": "worst case over modes"}
+              "query": "black-box (queries)", "worst": "worst case over modes",
+              "all": "worst of all attacks x modes"}
+WORST_ALL_COLOR = "black"  # the headline curve, when the figure has a single series
 # svg.fonttype none: SVG text stays <text> (editable, searchable in a paper's figure files)
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
          "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.grid": True, "grid.alpha": 0.3, "svg.fonttype": "none",
@@ -151,13 +155,39 @@ def _metric_label(metric: str) -> str:
     return metric.replace("map@", "mAP@").replace("precision@", "precision@")
 
 
+def _panels(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """(attack, setting) per panel, in table order, the worst of all attacks last."""
+    setting = table["setting"] if "setting" in table.columns else pd.Series("", index=table.index)
+    keys = list(dict.fromkeys(zip(table["attack"], setting.fillna(""))))
+    return sorted(keys, key=lambda k: k[0] == "worst of all")
+
+
+def _band(ax: Any, line: pd.DataFrame, x: np.ndarray, y: np.ndarray, color: Any) -> None:
+    """One target (seed): the Wilson 95% interval of its n examples; several: ± std over seeds."""
+    one = "n" in line.columns and (line["n"] == 1).all()
+    if one and "robust_lo" in line.columns and line["robust_lo"].notna().any():
+        lo, hi = line["robust_lo"].to_numpy(float), line["robust_hi"].to_numpy(float)
+    else:
+        s = line["robust_std"].to_numpy(float)
+        if not (~np.isnan(s)).any():
+            return
+        s = np.nan_to_num(s)
+        lo, hi = y - s, y + s
+    ax.fill_between(x, lo, hi, color=color, alpha=0.12, linewidth=0)
+
+
 def plot_robustness(table: pd.DataFrame, *, title: str | None = None) -> Figure:
     """Robust metric vs epsilon from a `robust_table` frame (one model x dataset x bits x metric):
-    one panel per attack, one colour per rule variant, line style per gradient mode, ± std bands."""
+    one panel per attack (x setting, when an attack was run several ways), one colour per rule
+    variant, line style per gradient mode; a band per line: the Wilson 95% interval of the examples
+    for one seed, ± std over seeds otherwise. The last panel is the per-example worst case over every
+    attack and mode: solid lines, black when the figure has one series."""
     with plt.rc_context(STYLE):
         table = table.assign(series=series_of(table).to_numpy())
-        attacks = list(dict.fromkeys(table["attack"]))
-        rows, cols = _grid(len(attacks))
+        if "setting" in table.columns:
+            table["setting"] = table["setting"].fillna("")
+        panels = _panels(table)
+        rows, cols = _grid(len(panels))
         colors = series_colors(table["series"])
         series = list(colors)
         modes = [m for m in MODE_STYLE if m in set(table["mode"])]
@@ -165,33 +195,37 @@ def plot_robustness(table: pd.DataFrame, *, title: str | None = None) -> Figure:
         axes = canvas.axes
         metric = str(table["metric"].iloc[0]) if len(table) else "accuracy"
         ylabel = "robust accuracy" if metric == "accuracy" else f"{_metric_label(metric)} under attack"
-        for k, attack in enumerate(attacks):
+        for k, (attack, setting) in enumerate(panels):
             ax = axes[k // cols][k % cols]
             sub = table[table["attack"] == attack]
+            if "setting" in sub.columns:
+                sub = sub[sub["setting"] == setting]
             for mode in ["worst", *[m for m in modes if m != "worst"]]:  # worst first: drawn underneath
                 for s_name in series:
                     line = sub[(sub["series"] == s_name) & (sub["mode"] == mode)].sort_values("epsilon")
                     if line.empty:
                         continue
-                    x, y, s = line["epsilon"].to_numpy(float), line["robust_mean"].to_numpy(float), line["robust_std"].to_numpy(float)
-                    ax.plot(x, y, color=colors[s_name], label=f"{s_name} {mode}", marker="o" if len(x) < 4 else None,
+                    x, y = line["epsilon"].to_numpy(float), line["robust_mean"].to_numpy(float)
+                    color = WORST_ALL_COLOR if mode == "all" and len(series) == 1 else colors[s_name]
+                    ax.plot(x, y, color=color, label=f"{s_name} {mode}", marker="o" if len(x) < 4 else None,
                             markersize=3, zorder=1 if mode == "worst" else 2, **MODE_STYLE[mode])
-                    if mode != "worst" and (~pd.isna(s)).any():
-                        s = pd.Series(s).fillna(0).to_numpy()
-                        ax.fill_between(x, y - s, y + s, color=colors[s_name], alpha=0.12, linewidth=0)
+                    if mode != "worst":
+                        _band(ax, line, x, y, color)
             norm = str(sub["norm"].iloc[0]) if "norm" in sub.columns and len(sub) else "linf"
-            ax.set_title(attack)
+            ax.set_title(attack if attack != "worst of all" else "worst of all attacks x modes")
+            if setting:
+                ax.set_title(setting, fontsize=7, loc="right", pad=14)
             ax.set_xlabel(_xlabel(norm, metric))
             if k % cols == 0:
                 ax.set_ylabel(ylabel)
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlim(left=min(0.0, float(sub["epsilon"].min())) if len(sub) else 0.0)
-        for k in range(len(attacks), rows * cols):
+        for k in range(len(panels), rows * cols):
             axes[k // cols][k % cols].set_visible(False)
         canvas.title(title)
         canvas.legend([Line2D([], [], color=colors[r], linewidth=2, label=r) for r in series], "rule", "upper")
-        canvas.legend([Line2D([], [], color="0.25", label=MODE_LABEL[m], **MODE_STYLE[m]) for m in modes],
-                      "gradient mode", "lower")
+        canvas.legend([Line2D([], [], color=WORST_ALL_COLOR if m == "all" else "0.25", label=MODE_LABEL[m], **MODE_STYLE[m])
+                       for m in modes], "gradient mode", "lower")
         return canvas.fig
 
 

@@ -23,13 +23,15 @@ def _cells(df: pd.DataFrame) -> list[list[str]]:
 
 
 def _is_numeric_column(values: list[str]) -> bool:
-    filled = [v.rstrip("!") for v in values if v]
-    if not filled:
-        return False
+    """Numbers, possibly with ' ± std', ' [lo, hi]' and a '!' flag; 'n/a (why)' and '-' cells are
+    missing numbers, not text."""
+    filled = [v.rstrip("!") for v in values if v and not v.startswith("n/a") and v != "-"]
+    if not filled:  # a column of missing numbers only ('-' = not run) is still a number column
+        return any(v == "-" or v.startswith("n/a") for v in values)
     ok = 0
     for v in filled:
         try:
-            float(v.split(" ± ")[0])
+            float(v.split(" ")[0])
             ok += 1
         except ValueError:
             pass
@@ -58,7 +60,7 @@ def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None
             else:  # long text shares what is left, in proportion to its length
                 table.add_column(escape(str(col)), overflow="fold", ratio=longest, min_width=min(longest, 10))
         for row in cells:
-            table.add_row(*[f"[bold red]{c}[/]" if c.endswith("!") else c.replace("[", r"\[") for c in row])
+            table.add_row(*[f"[bold red]{escape(c)}[/]" if c.endswith("!") else escape(c) for c in row])
         return table
 
     table = build(tight=False)

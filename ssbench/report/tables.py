@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ssbench.report.stats import interval_text, successes, wilson
+from ssbench.report.sweeps import WORST_ALL, add_identity, combine, examples_of, newest_per_identity, setting_labels
 from ssbench.report.variants import LABELS, rule_sort_key, run_labels
 
-MODE_ORDER = ("feedback", "exact", "transfer", "query", "worst")
+MODE_ORDER = ("feedback", "exact", "transfer", "query", "worst", "all")
 TRAIN_KINDS = ("pretrain", "finetune", "train")
 EPS_DECIMALS = 8  # 8/255 stored by two runs must land on the same column
 KEYS = ["kind", *LABELS]  # what identifies a configuration (everything but the seed)
@@ -137,58 +139,75 @@ def clean_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFra
 
 # -- (2) robust accuracy --------------------------------------------------------------------------
 
-def _and_strings(strings: list[str]) -> str:
-    arr = np.array([np.frombuffer(s.encode(), dtype=np.uint8) == ord("1") for s in strings])
-    return "".join("1" if v else "0" for v in arr.all(axis=0))
-
-
 def _worst_failed(modes: Any, failed_ids: Any | None, failed_checks: Any) -> int:
     """Failed checks behind a worst-case cell: those of the non-feedback modes (mode-independent
     checks are counted in every mode). The worst case takes the per-example minimum over all modes,
     exact included, so it does not rest on the feedback gradient being honest, and a failed
     feedback-mode gradient-consistency check (the obfuscation this tool exists to expose) must not
     flag it."""
-    honest = [i for i, m in enumerate(modes) if m != "feedback"]
-    if not honest:
-        return 0
-    if failed_ids is not None:
-        return len(set().union(*[set(failed_ids[i]) for i in honest]))
-    return int(max(failed_checks[i] for i in honest))
+    return len(_honest_failed_ids(modes, failed_ids)) if failed_ids is not None else \
+        int(max([failed_checks[i] for i, m in enumerate(modes) if m != "feedback"], default=0))
 
 
-def worst_case(points: pd.DataFrame) -> pd.DataFrame:
-    """The 'worst' pseudo-mode: per (target, attack, metric, epsilon) over the gradient modes present.
+def _honest_failed_ids(modes: Any, failed_ids: Any | None) -> set[int]:
+    if failed_ids is None:
+        return set()
+    return set().union(*[set(failed_ids[i]) for i, m in enumerate(modes) if m != "feedback"])
 
-    With per-example `correct` strings of equal length from runs that attacked the same examples
-    (same n and attack seed), an example counts as robust only if it survived every mode (AND);
-    otherwise the minimum of the modes' robust values (an upper bound of the true worst case).
-    Only groups with at least two modes get a worst row. `failed_checks`: see `_worst_failed`.
-    """
+
+def _combined_rows(points: pd.DataFrame, keys: list[str], fixed: dict[str, Any], indices: dict[int, Any] | None,
+                   enough: Any) -> pd.DataFrame:
+    """One row per group of `keys` that is `enough` (a predicate on the group's rows): the per-example
+    worst case of its sweeps (`sweeps.combine`), labelled by `fixed` (attack / mode / setting)."""
     if points.empty:
         return pd.DataFrame()
-    rows = []
-    keys = ["target", "attack", "metric", "epsilon"]
     col = {c: points[c].to_numpy() for c in points.columns}  # plain arrays: thousands of small groups
-    skip = ("mode", "robust", "correct", "run_id", "failed_ids", "failed_checks")
+    seed_col = "atk_seed" if "atk_seed" in col else "attack_seed"
+    skip = ("mode", "robust", "correct", "run_id", "runs", "failed_ids", "failed_checks", "sweep", "params", "ident",
+            "ident_key", "seconds")
+    rows = []
     for idx in points.groupby(keys, sort=False, dropna=False).indices.values():
-        modes = col["mode"][idx]
-        if len(set(modes)) < 2:
+        if not enough(idx):
             continue
-        strings = list(col["correct"][idx])
-        seeds = {None if pd.isna(v) else v for v in col["attack_seed"][idx]}
-        n0 = int(col["n"][idx[0]])
-        same_examples = len(set(col["n"][idx])) == 1 and len(seeds) == 1
-        if same_examples and all(isinstance(s, str) and len(s) == n0 and s for s in strings):
-            alive = _and_strings(strings)
-            robust, how, correct = alive.count("1") / len(alive), "per-example", alive
-        else:
-            robust, how, correct = float(np.min(col["robust"][idx])), "min", None
-        failed = _worst_failed(modes, col["failed_ids"][idx] if "failed_ids" in col else None,
-                               col["failed_checks"][idx])
-        rows.append({**{c: col[c][idx[0]] for c in points.columns if c not in skip},
-                     "mode": "worst", "robust": robust, "correct": correct, "run_id": col["run_id"][idx[0]],
-                     "combined": how, "failed_checks": failed})
+        sigs = [examples_of(col["n"][i], col[seed_col][i] if seed_col in col else None,
+                            (indices or {}).get(int(col["run_id"][i]))) for i in idx]
+        robust, correct, how = combine(list(col["correct"][idx]), list(col["robust"][idx]), sigs, str(col["metric"][idx[0]]))
+        failed_ids = col["failed_ids"][idx] if "failed_ids" in col else None
+        runs = sorted({int(r) for r in col["run_id"][idx]})
+        rows.append({**{c: col[c][idx[0]] for c in points.columns if c not in skip}, **fixed,
+                     **({"n": len(correct)} if correct is not None else {}),  # shared examples: fewer than each sweep's
+                     "robust": robust, "correct": correct, "run_id": runs[-1], "runs": ",".join(map(str, runs)),
+                     "combined": how, "sweeps": len(idx), "failed_checks": _worst_failed(col["mode"][idx], failed_ids, col["failed_checks"][idx]),
+                     "failed_ids": sorted(_honest_failed_ids(col["mode"][idx], failed_ids))})
     return pd.DataFrame(rows)
+
+
+def worst_case(points: pd.DataFrame, indices: dict[int, Any] | None = None) -> pd.DataFrame:
+    """The 'worst' pseudo-mode: per target x attack x setting x metric x epsilon over the gradient
+    modes present (groups with at least two modes).
+
+    Accuracy: an example counts as robust only if it survived every mode (AND of the per-example
+    `correct` strings); sweeps that did not attack the same examples (n, attack seed, the runs'
+    `indices`) give NaN with the reason in `combined`, never a mixed number. mAP: the minimum over
+    modes (no per-example form). `failed_checks`: see `_worst_failed`."""
+    keys = [k for k in ("target", "attack", "setting", "metric", "epsilon") if k in points.columns]
+    modes = points["mode"].to_numpy() if not points.empty else None
+    return _combined_rows(points, keys, {"mode": "worst"}, indices, lambda idx: len(set(modes[idx])) >= 2)
+
+
+def worst_of_all(points: pd.DataFrame, indices: dict[int, Any] | None = None) -> pd.DataFrame:
+    """The headline worst case: per target x metric x epsilon, an example counts as robust only if it
+    survived EVERY L-inf sweep of the target (all attacks, settings and modes, black-box and ensemble
+    members included). Only where at least two sweeps exist; NaN with the reason when they did not
+    attack the same examples."""
+    if points.empty:
+        return pd.DataFrame()
+    linf = points[points["norm"] == "linf"].reset_index(drop=True)
+    if linf.empty:
+        return pd.DataFrame()
+    attack, mode = WORST_ALL
+    return _combined_rows(linf, ["target", "metric", "epsilon"], {"attack": attack, "mode": mode, "setting": "", "norm": "linf"},
+                          indices, lambda idx: len(idx) >= 2)
 
 
 def _failed_checks(store: Any) -> pd.DataFrame:
@@ -200,10 +219,19 @@ def _failed_checks(store: Any) -> pd.DataFrame:
     return s[s["passed"].map(lambda v: v is False or v == 0) & s["passed"].notna()]
 
 
-def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per-target sweep points (the latest finished attack run per target x attack x mode x eps)
-    with the target's variant labels, plus the 'worst' rows, with `failed_checks` = failed sanity
-    checks of the attack run that concern the point's attack / mode (or the whole run)."""
+def attack_indices(store: Any) -> dict[int, Any]:
+    """attack run id -> the test indices it attacked (its summary's `indices`), where stored."""
+    runs = store.frame_runs(kind="attack")
+    if runs.empty or "summary" not in runs.columns:
+        return {}
+    return {int(i): s.get("indices") for i, s in zip(runs["id"], runs["summary"]) if isinstance(s, dict) and s.get("indices") is not None}
+
+
+def sweep_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The sweep points that count: per target and sweep identity (`sweeps.add_identity`) those of the
+    newest finished attack run, with the target's variant labels, `setting` (what differs between sweeps
+    of one attack), `runs` and `failed_checks` / `failed_ids` = failed sanity checks of the attack run
+    that concern the point's attack / mode (or the whole run)."""
     sw = store.frame_sweeps(status="finished", **f.kwargs())
     if sw.empty:
         return sw
@@ -211,7 +239,9 @@ def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     sw["epsilon"] = sw["epsilon"].round(EPS_DECIMALS)
     sw["target"] = [int(t) if pd.notna(t) else -int(r) for t, r in zip(sw["target_id"], sw["run_id"])]
     sw["norm"] = sw["params"].map(lambda p: (p or {}).get("norm", "linf"))
-    sw = sw.sort_values("run_id", kind="stable").drop_duplicates(["target", "attack", "metric", "mode", "epsilon"], keep="last")
+    sw = newest_per_identity(add_identity(sw))
+    sw["setting"] = setting_labels(sw)
+    sw["runs"] = sw["run_id"].astype(int).astype(str)
     failed = _failed_checks(store)
     by_run: dict[int, list[tuple[int, Any, Any]]] = {}
     if not failed.empty:
@@ -222,28 +252,87 @@ def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
            for run_id, attack, mode in zip(sw["run_id"], sw["attack"], sw["mode"])]
     sw["failed_ids"] = ids
     sw["failed_checks"] = [len(i) for i in ids]
-    worst = worst_case(sw)
     sw["combined"] = None
-    return pd.concat([sw, worst], ignore_index=True) if not worst.empty else sw
+    return sw
 
 
-ROBUST_KEYS = [*KEYS, "attack", "norm", "metric", "epsilon", "mode"]
+def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`sweep_points` plus the 'worst' rows (per attack over modes) and the 'worst of all' rows (per
+    target over every L-inf sweep)."""
+    sw = sweep_points(store, f, labels)
+    if sw.empty:
+        return sw
+    indices = attack_indices(store)
+    parts = [sw, worst_case(sw, indices), worst_of_all(sw, indices)]
+    return pd.concat([p for p in parts if not p.empty], ignore_index=True)
+
+
+ROBUST_KEYS = [*KEYS, "attack", "setting", "norm", "metric", "epsilon", "mode"]
+
+
+def _run_list(runs: pd.Series) -> str:
+    """'5,12,19': the attack runs behind a row, from per-point '5' / per-worst-case '5,6' entries."""
+    return ",".join(map(str, sorted({int(x) for v in runs if not _blank(v) for x in str(v).split(",")})))
+
+
+def _first_note(notes: pd.Series) -> Any:
+    na = [v for v in notes if isinstance(v, str) and v.startswith("n/a")]
+    return na[0] if na else None
 
 
 def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFrame | None = None,
                  labels: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Robust metric per variant (kind, rule, model, dataset, bits, variant) x attack x metric x epsilon
-    x mode (with 'worst'): mean ± std over targets (seeds), n targets, examples, failed sanity checks."""
+    """Robust metric per variant (kind, rule, model, dataset, bits, variant) x attack x setting x metric x
+    epsilon x mode (with 'worst' and 'worst of all' / 'all'): mean ± std over targets (seeds), n targets,
+    examples (summed over targets), robust_lo / robust_hi = the Wilson 95% interval of the pooled examples
+    (accuracy only), failed sanity checks, note (why a worst case is n/a) and the attack runs behind it.
+    A group where any target's worst case cannot be formed is n/a as a whole (a mean over the others
+    would pass for all of them)."""
     p = robust_points(store, f, labels) if points is None else points
     keys = ROBUST_KEYS
-    cols = [*keys, "robust_mean", "robust_std", "n", "examples", "failed_checks"]
+    cols = [*keys, "robust_mean", "robust_std", "robust_lo", "robust_hi", "n", "examples", "failed_checks", "note", "runs"]
     if p.empty:
         return pd.DataFrame(columns=cols)
-    out = _agg(p, keys, "robust", "robust")
+    p = p.assign(setting=p["setting"] if "setting" in p.columns else "", k=successes(p["robust"], p["n"]),
+                 runs=p["runs"] if "runs" in p.columns else p["run_id"].astype(int).astype(str))
+    p["setting"] = p["setting"].fillna("")
     g = p.groupby(keys, sort=False, dropna=False)
+    out = _agg(p, keys, "robust", "robust").drop(columns="n")
+    out = out.merge(g.size().rename("n").reset_index(), on=keys)
     out = out.merge(g["n"].sum().rename("examples").reset_index(), on=keys)
+    out = out.merge(g["k"].sum(min_count=1).reset_index(), on=keys)
     out = out.merge(g["failed_checks"].sum().reset_index(), on=keys)
-    return _sort(out[cols], ["kind", "model", "dataset", "bits", "metric", "attack", "rule", "variant", "mode", "epsilon"])
+    out = out.merge(g["robust"].agg(lambda v: bool(v.isna().any())).rename("_na").reset_index(), on=keys)
+    out = out.merge(g["combined"].agg(_first_note).rename("note").reset_index(), on=keys)
+    out = out.merge(g["runs"].agg(_run_list).reset_index(), on=keys)
+    out.loc[out["_na"], ["robust_mean", "robust_std"]] = np.nan
+    lo, hi = wilson(out["k"], out["examples"])
+    proportion = (out["metric"] == "accuracy") & ~out["_na"]
+    out["robust_lo"] = np.where(proportion, lo, np.nan)
+    out["robust_hi"] = np.where(proportion, hi, np.nan)
+    return _sort_robust(out[cols])
+
+
+def leaderboard(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None,
+                eps: float | None = None) -> pd.DataFrame:
+    """One row per variant (rule x model x data) at one ε: see `ssbench.report.leaderboard`."""
+    from ssbench.report.leaderboard import leaderboard_table
+
+    pts = sweep_points(store, f, labels)
+    if pts.empty:
+        return leaderboard_table(pts, pts, {}, KEYS, eps)
+    ev = store.frame_evaluations(kind="attack", status="finished")
+    clean = ev[(ev["metric"] == "accuracy") & ev["params"].map(lambda p: isinstance(p, dict) and bool(p.get("clean")))] \
+        if not ev.empty else ev
+    out = leaderboard_table(pts, clean, attack_indices(store), KEYS, None if eps is None else round(float(eps), EPS_DECIMALS))
+    return _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant"])
+
+
+def _sort_robust(df: pd.DataFrame) -> pd.DataFrame:
+    """Attacks alphabetically, then the worst of all last (the headline row closes the table)."""
+    df = df.assign(_last=(df["attack"] == WORST_ALL[0]).astype(int))
+    out = _sort(df, ["kind", "model", "dataset", "bits", "metric", "_last", "attack", "setting", "rule", "variant", "mode", "epsilon"])
+    return out.drop(columns="_last")
 
 
 def _blank(v: Any) -> bool:
@@ -255,38 +344,58 @@ def _label_strings(df: pd.DataFrame) -> pd.DataFrame:
     df = df.copy()
     if "bits" in df.columns:
         df["bits"] = ["" if _blank(v) else str(int(v)) for v in df["bits"]]
-    if "variant" in df.columns:
-        df["variant"] = ["" if _blank(v) else str(v) for v in df["variant"]]
+    for c in ("variant", "setting"):
+        if c in df.columns:
+            df[c] = ["" if _blank(v) else str(v) for v in df[c]]
     return df
 
 
 def _drop_uninformative(df: pd.DataFrame, constant: tuple[str, ...] = ()) -> list[str]:
-    """Label columns a display can leave out: bits / variant when empty everywhere, `constant` ones
-    when they hold a single value."""
-    drop = [c for c in ("bits", "variant") if c in df.columns and all(_blank(v) for v in df[c])]
+    """Label columns a display can leave out: bits / variant / setting when empty everywhere, `constant`
+    ones when they hold a single value."""
+    drop = [c for c in ("bits", "variant", "setting") if c in df.columns and all(_blank(v) for v in df[c])]
     drop += [c for c in constant if c in df.columns and c not in drop and df[c].nunique(dropna=False) == 1]
     return drop
 
 
-def robust_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
-    """Display form of `robust_table`: one row per variant x attack x mode, one column per epsilon.
-    A cell ending in '!' has failed sanity checks behind it (see the sanity table).
-    `std=False`: means only (narrow terminals)."""
+def _robust_cell(mean: Any, std: Any, lo: Any, hi: Any, failed: Any, note: Any, full: bool) -> str:
+    """'0.512 ± 0.020 [0.468, 0.556]!': mean ± std over seeds, the Wilson 95% interval of the pooled
+    examples, '!' = failed sanity checks behind it; 'n/a (why)' where a worst case cannot be formed.
+    `full=False`: the mean alone, 'n/a' alone (narrow terminals)."""
+    flag = "!" if not _blank(failed) and failed else ""
+    if mean is None or pd.isna(mean):
+        if not (isinstance(note, str) and note):
+            return ""
+        return (note if full else note.split(" ")[0]) + flag  # narrow: 'n/a', the reason is in the files
+    text = _pm(mean, std if full else None)
+    interval = interval_text(lo, hi) if full else ""
+    return f"{text} {interval}{flag}" if interval else text + flag
+
+
+def robust_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True) -> pd.DataFrame:
+    """Display form of `robust_table`: one row per variant x attack x setting x mode, one column per
+    epsilon (cells: see `_robust_cell`), then the attack runs behind the row (`runs=False`: left out,
+    as the terminal does). `std=False`: means only (narrow terminals)."""
     if df.empty:
         return pd.DataFrame()
     df = _label_strings(df)
-    df["cell"] = [_pm(m, s if std else None) + ("!" if fc else "")
-                  for m, s, fc in zip(df["robust_mean"], df["robust_std"], df["failed_checks"])]
+    get = lambda c: df[c] if c in df.columns else [None] * len(df)  # noqa: E731  `ssbench show` passes bare sweep rows
+    df["cell"] = [_robust_cell(m, s, lo, hi, fc, note, std) for m, s, lo, hi, fc, note in
+                  zip(df["robust_mean"], get("robust_std"), get("robust_lo"), get("robust_hi"), df["failed_checks"], get("note"))]
     df["eps"] = [_eps_label(e, norm) for e, norm in zip(df["epsilon"], df["norm"])]
-    index = ["kind", "model", "dataset", "bits", "attack", "metric", "rule", "variant", "mode"]
+    index = ["kind", "model", "dataset", "bits", "attack", "setting", "metric", "rule", "variant", "mode"]
     drop = _drop_uninformative(df, ("kind", "model", "dataset", "metric"))
-    index = [c for c in index if c in df.columns and c not in drop]  # `ssbench show` passes bare sweep rows
+    index = [c for c in index if c in df.columns and c not in drop]
     order = list(dict.fromkeys(df.sort_values(["norm", "epsilon"])["eps"]))
     wide = df.pivot_table(index=index, columns="eps", values="cell", aggfunc="first", sort=False)
     wide = wide.reindex(columns=order).reset_index()
     wide.columns.name = None
-    wide = _sort(wide, ["kind", "model", "dataset", "bits", "attack", "metric", "rule", "variant", "mode"])
-    return wide.fillna("")
+    if runs and "runs" in df.columns:
+        behind = df.groupby(index, sort=False)["runs"].agg(_run_list).reset_index()
+        wide = wide.merge(behind, on=index, how="left")
+    wide["_last"] = (wide["attack"] == WORST_ALL[0]).astype(int) if "attack" in wide.columns else 0
+    wide = _sort(wide, ["kind", "model", "dataset", "bits", "_last", "attack", "setting", "metric", "rule", "variant", "mode"])
+    return wide.drop(columns="_last").fillna("")
 
 
 def _eps_label(e: float, norm: Any) -> str:
@@ -704,7 +813,11 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
     if df.empty:
         return df
     if name in ("robust", "hashing_attacks"):
-        return robust_wide(df, std=std)
+        return robust_wide(df, std=std, runs=not compact)
+    if name == "leaderboard":
+        from ssbench.report.leaderboard import leaderboard_wide
+
+        return leaderboard_wide(df, std=std, runs=not compact)
     if name == "hashing":
         return hashing_wide(df, std=std)
     if name == "corruptions":
@@ -743,12 +856,12 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
     return out.astype(object).where(out.notna(), "").astype(str)
 
 
-TABLES = ("clean", "robust", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity")
+TABLES = ("clean", "robust", "leaderboard", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity")
 
 
-def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all") -> dict[str, pd.DataFrame]:
+def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all", eps: float | None = None) -> dict[str, pd.DataFrame]:
     """The named tables ('all' = every one that has data; a named one is returned even when empty).
-    'hashing' also yields 'hashing_attacks'."""
+    'hashing' also yields 'hashing_attacks'. `eps`: the leaderboard's ε (default: the largest every row has)."""
     names = TABLES if which == "all" else (which,)
     labels = labels_of(store)
     out: dict[str, pd.DataFrame] = {}
@@ -759,6 +872,8 @@ def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all
         elif name == "robust":
             robust = robust_table(store, f, labels=labels)
             out["robust"] = robust[~robust["metric"].map(_retrieval_metric)].reset_index(drop=True) if not robust.empty else robust
+        elif name == "leaderboard":
+            out["leaderboard"] = leaderboard(store, f, labels, eps)
         elif name == "alignment":
             out["alignment"] = alignment_table(store, f, labels)
         elif name == "hashing":
