@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -93,7 +93,7 @@ class DataSpec(Spec):
 class ModelSpec(Spec):
     name: str = "lenet"
     pretrained: bool = Field(default=False, description="torchvision ImageNet weights (needs a network)")
-    hidden: tuple[int, ...] | None = Field(default=None, description="hidden widths for the mlp model")
+    hidden: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, min_length=1, description="hidden widths for the mlp model")
 
 
 class RuleSpec(Spec):

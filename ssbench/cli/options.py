@@ -26,9 +26,12 @@ ExampleSeed = Annotated[int, typer.Option("--seed", help="example selection and 
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
-    """'0-4' -> (0,1,2,3,4); '5,7,9' -> (5,7,9); combinations like '0-2,7' work too."""
-    if text is None or not text.strip():
+    """'0-4' -> (0,1,2,3,4); '5,7,9' -> (5,7,9); combinations like '0-2,7' work too. Not given: None;
+    given empty: () (an empty subset, which the spec refuses, never "all classes")."""
+    if text is None:
         return None
+    if not text.strip():
+        return ()
     out: list[int] = []
     try:
         for part in text.split(","):
@@ -48,8 +51,9 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
 
 
 def parse_ints(text: str | None, option: str, example: str = "0,1,2") -> tuple[int, ...] | None:
-    """'0,1,2' -> (0, 1, 2); None or blank -> None; anything else is one line naming the option."""
-    if text is None or not text.strip():
+    """'0,1,2' -> (0, 1, 2); not given -> None; given empty ('' or ',') -> (), which the spec judges
+    (an option given empty is not "unset"); anything else is one line naming the option."""
+    if text is None:
         return None
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
