@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
@@ -27,8 +28,9 @@ GRADIENT_MODES: tuple[GradientMode, ...] = ("feedback", "exact", "transfer")
 
 
 TrainKind = Literal["pretrain", "finetune", "train"]
+TRAIN_KINDS: tuple[str, ...] = get_args(TrainKind)  # the runs that produce a trained model
 # every kind of run the store holds: the training kinds, then the jobs that read a trained model
-RUN_KINDS: tuple[str, ...] = (*get_args(TrainKind), "attack", "analysis")
+RUN_KINDS: tuple[str, ...] = (*TRAIN_KINDS, "attack", "analysis")
 RUN_STATUSES: tuple[str, ...] = ("running", "finished", "failed")
 
 
@@ -269,6 +271,14 @@ class AttackSpec(Spec):
     @classmethod
     def _eps_fractions(cls, v: object) -> object:
         return coerce_eps(v)
+
+
+def first_error(err: ValidationError) -> str:
+    """`where.in.the.file: message` of a validation error's first complaint (recipes, checkpoints);
+    the message alone when a whole-object validator raised it (no location)."""
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
 
 
 def parse_eps_value(v: object) -> float:

@@ -17,14 +17,20 @@ from torch import nn
 from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, suite_attacks
 from ssbench.attacks.ensemble import ENSEMBLES
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
-from ssbench.attacks.sanity import Check, curve_checks, doubled_steps, gradient_consistency, zero_gradients
+from ssbench.attacks.sanity import (
+    CHECK_EXAMPLES,
+    Check,
+    curve_checks,
+    doubled_steps,
+    gradient_consistency,
+    zero_gradients,
+)
 from ssbench.attacks.starting import predict
 from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
 from ssbench.errors import SpecError
 from ssbench.printing import SafeConsole
 from ssbench.specs import AttackSpec, resolve_eps
 
-CONSISTENCY_EXAMPLES = 64
 
 
 def build_attack(name: str, spec: AttackSpec) -> Attack:
@@ -256,7 +262,7 @@ def _progress(console: Console, quiet: bool) -> Progress:
 
 def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Module | None,
                        x: torch.Tensor, y: torch.Tensor, seed: int) -> list[Check]:
-    x, y = x[:CONSISTENCY_EXAMPLES], y[:CONSISTENCY_EXAMPLES]
+    x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     out = []
     if len(x) == 0:
         return out

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssbench.attacks.base import Attack
+from ssbench.attacks.base import Attack, eval_guard
 from ssbench.attacks.losses import runner_up
+from ssbench.attacks.starting import predict
 from ssbench.attacks.sweep import SweepCurve
 
 CONSISTENCY_THRESHOLD = 0.9
@@ -235,7 +236,7 @@ def _best(curves: Sequence[SweepCurve], mode: str) -> SweepCurve:
 # nothing from more iterations, and a model whose input gradients vanish defeats gradient attacks
 # without being robust. Both are checked on a subsample of clean-correct examples.
 
-CHECK_EXAMPLES = 64
+CHECK_EXAMPLES = 64  # the subsample of clean-correct examples every per-mode check runs on
 ZERO_GRADIENT_SHARE = 0.1  # more than this share of examples with an all-zero input gradient
 
 
@@ -259,8 +260,7 @@ def doubled_steps(attack: Attack, curve: SweepCurve, target: nn.Module, grad_mod
     robust = []
     for atk in (attack, twice):
         adv = atk.perturb(grad_model, xs, ys, eps, call=7)
-        with torch.no_grad():
-            robust.append(float((target(adv).argmax(1) == ys).float().mean()))
+        robust.append(float((predict(target, adv) == ys).float().mean()))
     once, double = robust
     tol = tolerance(max(once, double), len(idx))
     ok = once - double <= tol
@@ -278,15 +278,10 @@ def zero_gradients(mode: str, grad_model: nn.Module, x: Tensor, y: Tensor) -> Ch
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     if len(x) == 0:
         return Check("zero_gradients", None, None, "no clean-correct examples", mode=mode)
-    was = {n: m.training for n, m in grad_model.named_modules()}
-    grad_model.eval()
-    try:
+    with eval_guard(grad_model):
         xg = x.detach().clone().requires_grad_(True)
         loss = F.cross_entropy(grad_model(xg), y, reduction="sum")
         (g,) = torch.autograd.grad(loss, xg)
-    finally:
-        for n, m in grad_model.named_modules():
-            m.training = was.get(n, m.training)
     share = float((g.flatten(1).abs().amax(1) == 0).float().mean())
     ok = share <= ZERO_GRADIENT_SHARE
     return Check("zero_gradients", ok, share,

@@ -77,14 +77,11 @@ def register(app: typer.Typer) -> None:
 
 
 def parse_eps(text: str) -> float:
-    """'0.1' or '8/255' -> a float; anything else is a one-line error."""
+    """'0.1' or '8/255' -> a float (specs.parse_eps_value: finite, >= 0); else a one-line error."""
     from ssbench.errors import SpecError
+    from ssbench.specs import parse_eps_value
 
     try:
-        num, _, den = text.partition("/")
-        value = float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise SpecError(f"--eps {text!r}: give a number, e.g. 0.1 or 8/255") from None
-    if value < 0:
-        raise SpecError(f"--eps {text}: ε must be >= 0")
-    return value
+        return parse_eps_value(text)
+    except ValueError as err:
+        raise SpecError(f"--eps: {err}") from None

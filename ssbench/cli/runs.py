@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 import typer
 
 from ssbench.cli.options import Artifacts, Db, check_filters
-from ssbench.specs import RUN_KINDS, RUN_STATUSES
 from ssbench.printing import SafeConsole
+from ssbench.specs import RUN_KINDS, RUN_STATUSES
 
 
 def key_metric(run: Any, evaluations: dict[int, dict[str, float]]) -> str:

@@ -5,7 +5,7 @@ over `kind` inside the command factory.
 """
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -13,9 +13,7 @@ from pydantic import ValidationError
 from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats, parse_ints
 from ssbench.errors import SpecError
 from ssbench.printing import SafeConsole
-from ssbench.specs import DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
-
-Kind = Literal["pretrain", "train", "finetune"]
+from ssbench.specs import TRAIN_KINDS, DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainKind, TrainSpec
 
 _HELP = {
     "pretrain": (
@@ -37,7 +35,7 @@ _HELP = {
 }
 
 
-def _resolve_model(kind: Kind, model: str | None, hidden: str | None, source: str | None, db: str | None,
+def _resolve_model(kind: TrainKind, model: str | None, hidden: str | None, source: str | None, db: str | None,
                    artifacts: Path | None = None) -> ModelSpec:
     """Model name and widths as given; a fine-tune without --model takes its source's architecture."""
     widths = parse_ints(hidden, "--hidden", example="256,256")
@@ -76,7 +74,7 @@ def _optim(name: str, lr: float, head_lr: float | None, momentum: float, nestero
         raise SpecError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{first.get('ctx', {}).get('error', first['msg'])}") from None
 
 
-def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned function's signature)
+def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned function's signature)
     is_pretrain = kind == "pretrain"  # BP only: rule options hidden
     not_finetune = kind != "finetune"
 
@@ -160,5 +158,5 @@ def make_command(kind: Kind):  # noqa: ANN201  (typer reads the returned functio
 
 
 def register(app: typer.Typer) -> None:
-    for kind in ("pretrain", "finetune", "train"):
+    for kind in TRAIN_KINDS:  # pipeline order
         app.command(kind)(make_command(kind))  # type: ignore[arg-type]

@@ -24,6 +24,7 @@ from ssbench.specs import (
     RuleSpec,
     Spec,
     coerce_eps,
+    first_error,
     parse_eps_value,
 )
 
@@ -41,12 +42,6 @@ class TrainStage(Spec):
     deterministic: bool = False
     track_grad_alignment: bool = False
     keep_epochs: int = Field(default=0, ge=0, description="keep the weights every N epochs (analyze trajectory)")
-
-
-def first_error(err: ValidationError) -> str:
-    """`where.in.the.file: message` of a validation error's first complaint."""
-    first = err.errors()[0]
-    return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -19,9 +19,9 @@ import pandas as pd
 from ssbench.report.stats import interval_text, successes, wilson
 from ssbench.report.sweeps import WORST_ALL, add_identity, combine, examples_of, newest_per_identity, setting_labels
 from ssbench.report.variants import LABELS, rule_sort_key, run_labels
+from ssbench.specs import TRAIN_KINDS
 
 MODE_ORDER = ("feedback", "exact", "transfer", "query", "worst", "all")
-TRAIN_KINDS = ("pretrain", "finetune", "train")
 EPS_DECIMALS = 8  # 8/255 stored by two runs must land on the same column
 KEYS = ["kind", *LABELS]  # what identifies a configuration (everything but the seed)
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ssbench.specs import RUN_STATUSES
+
 # Stable constraint names: alembic can alter them later on every backend (SQLite batch mode included).
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -30,8 +32,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-from ssbench.specs import RUN_STATUSES  # noqa: E402,F401  (the one list; re-exported)
 
 
 class Base(DeclarativeBase):
@@ -45,7 +45,8 @@ def _run_fk() -> ForeignKey:
 class Run(Base):
     __tablename__ = "runs"
     __table_args__ = (
-        CheckConstraint("status IN ('running', 'finished', 'failed')", name="status"),
+        # the same text as migration 0001's constraint, built from the one list of statuses
+        CheckConstraint(f"status IN ({', '.join(repr(s) for s in RUN_STATUSES)})", name="status"),
         Index("ix_runs_kind_config_hash", "kind", "config_hash"),
     )
 

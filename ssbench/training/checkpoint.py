@@ -19,7 +19,7 @@ from torch import nn
 from ssbench.errors import CheckpointError
 from ssbench.models import Normalized, build_model
 from ssbench.rules import convert_from_config, rule_config
-from ssbench.specs import ModelSpec, TrainSpec
+from ssbench.specs import TRAIN_KINDS, ModelSpec, TrainSpec, first_error
 from ssbench.store.artifacts import verify
 from ssbench.store.temporaries import write_atomic
 
@@ -209,8 +209,7 @@ def model_from_checkpoint(
 
 def _line(err: Exception) -> str:
     if isinstance(err, ValidationError):
-        first = err.errors()[0]
-        return f"{'.'.join(map(str, first.get('loc', ()))) or 'value'}: {first.get('msg')}"
+        return first_error(err)
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
@@ -264,7 +263,7 @@ def resolve_checkpoint(store: Store | None, ref: int | str, tag: str | None = No
         if store is None:
             raise CheckpointError("a run id needs a results store")
         run = store.get_run(int(ref))
-        if run.kind not in ("pretrain", "finetune", "train"):
+        if run.kind not in TRAIN_KINDS:
             raise CheckpointError(f"run {run.id} is a {run.kind} run, not a trained model")
         if run.status != "finished":
             raise CheckpointError(f"run {run.id} is {run.status}; only finished runs have a final checkpoint")
