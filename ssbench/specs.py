@@ -93,8 +93,12 @@ class DataSpec(Spec):
 
 
 class ModelSpec(Spec):
+    LATE_FIELDS = ("weights",)
+
     name: str = "lenet"
     pretrained: bool = Field(default=False, description="torchvision ImageNet weights (needs a network)")
+    weights: Path | None = Field(default=None, description="a torchvision state_dict file (weights_only) to start "
+                                 "from instead of downloading: pretrained weights without a network")
     hidden: tuple[Annotated[int, Field(ge=1)], ...] | None = Field(default=None, min_length=1, description="hidden widths for the mlp model")
 
 
@@ -174,6 +178,27 @@ class OptimSpec(Spec):
         return self
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+
+
+class ComputeSpec(Spec):
+    """How a training job uses the hardware. Precision, memory format and compilation change the
+    numbers by rounding only; workers and processes change none of them (the same batches in the
+    same order), but all are part of the job's configuration so a run says how it was made."""
+
+    precision: Precision = Field(default="fp32", description="fp32, or autocast to bf16 / fp16 (fp16 with a "
+                                 "gradient scaler); weights and optimiser state stay fp32")
+    channels_last: bool = Field(default=False, description="NHWC memory format for conv networks (faster on "
+                                "tensor cores)")
+    compile: bool = Field(default=False, description="torch.compile the converted model; falls back to eager "
+                          "with a one-line warning where it cannot")
+    workers: int | None = Field(default=None, ge=0, description="data-loading processes for folder data sets; "
+                                "default: from the core count")
+    gpus: int = Field(default=1, ge=1, description="data-parallel processes, one per GPU (gloo processes on a "
+                      "CPU); the global batch is split between them")
+
+
 class HashSpec(Spec):
     bits: int = Field(default=32, ge=4, le=1024)
     loss: Literal["csq", "dpsh"] = "csq"
@@ -183,7 +208,7 @@ class HashSpec(Spec):
 class TrainSpec(Spec):
     """A training job: `pretrain` (BP backbone), `finetune` (rule, from a source), `train` (rule, from scratch)."""
 
-    LATE_FIELDS = ("keep_epochs",)
+    LATE_FIELDS = ("keep_epochs", "compute")
 
     kind: TrainKind = "pretrain"
     task: Literal["classification", "hashing"] = "classification"
@@ -205,6 +230,7 @@ class TrainSpec(Spec):
     track_grad_alignment: bool = False
     keep_epochs: int = Field(default=0, ge=0, description="keep a checkpoint every N epochs, and the initial "
                              "weights, for analyses over training (ssbench analyze trajectory); 0 = none")
+    compute: ComputeSpec = ComputeSpec()
     recipe: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -212,8 +238,10 @@ class TrainSpec(Spec):
     def _check(self) -> TrainSpec:
         if self.kind == "pretrain" and self.rule.name != "bp":
             raise ValueError("pretrain is backprop; train a rule from scratch with kind 'train'")
-        if self.kind == "finetune" and not self.source and not self.model.pretrained:
-            raise ValueError("finetune needs a source (checkpoint path or run id) or model.pretrained=true")
+        if self.kind == "finetune" and not self.source and not (self.model.pretrained or self.model.weights):
+            raise ValueError("finetune needs a source (checkpoint path or run id), model.pretrained=true or model.weights")
+        if self.compute.gpus > 1 and self.batch_size % self.compute.gpus:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly between {self.compute.gpus} processes")
         if self.kind != "finetune" and self.source:
             raise ValueError(f"source is a finetune option, not one of {self.kind!r}")
         if self.task == "hashing" and self.hashing is None:
@@ -226,6 +254,8 @@ EpsPreset = Literal["paper", "wide", "cifar", "hashing"]
 
 class AttackSpec(Spec):
     """An attack job against one trained run."""
+
+    LATE_FIELDS = ("precision",)
 
     target: str = Field(description="run id (or checkpoint path) of the model to attack")
     suite: Literal["whitebox", "blackbox", "hashing", "autoattack", "all"] = "whitebox"
@@ -244,6 +274,9 @@ class AttackSpec(Spec):
     )
     seed: int = Field(default=0, ge=0)
     device: str = "auto"
+    precision: Literal["fp32", "train"] = Field(
+        default="fp32", description="fp32: gradients of the attack in full precision (a low-precision gradient "
+        "can vanish or round to a weaker attack); train: autocast as the target was trained")
     recipe: str | None = None
     tags: tuple[str, ...] = ()
 

@@ -87,7 +87,7 @@ def _stage_spec(stage: TrainStage, recipe: Recipe, ov: Overrides, **fields: Any)
     return TrainSpec(
         data=data, optim=stage.optim, epochs=_given(ov.epochs, stage.epochs), batch_size=stage.batch_size,
         task=stage.task, hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
-        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs,
+        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs, compute=stage.compute,
         device=_given(ov.device, recipe.device), recipe=recipe.name, tags=recipe.tags, **fields,
     )
 

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ssbench.errors import SpecError
 from ssbench.specs import (
+    ComputeSpec,
     DataSpec,
     EpsPreset,
     GradientMode,
@@ -42,6 +43,7 @@ class TrainStage(Spec):
     deterministic: bool = False
     track_grad_alignment: bool = False
     keep_epochs: int = Field(default=0, ge=0, description="keep the weights every N epochs (analyze trajectory)")
+    compute: ComputeSpec = ComputeSpec()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
