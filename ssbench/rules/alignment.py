@@ -43,11 +43,14 @@ def alignment_metrics(model: nn.Module) -> list[LayerAlignment]:
             layers = [(n, m) for n, m in layers if n not in idle]
     rows = []
     for name, layer in layers:
-        w, b = layer.weight.detach(), layer.feedback_tensor()
+        # in float64 whatever the model's dtype (bf16 / fp16 weights, B drawn in their dtype); autocast
+        # never casts float64, so the metrics are the same inside an autocast block
+        w, b = layer.weight.detach().double(), layer.feedback_tensor()
         if b is None:
             rows.append(LayerAlignment(name, None, None))
             continue
-        ratio = float(b.double().norm() / w.double().norm()) if w.norm() > 0 else float("nan")
+        b = b.double()
+        ratio = float(b.norm() / w.norm()) if w.norm() > 0 else float("nan")
         angle = angle_deg(w, b) if b.shape == w.shape else None
         rows.append(LayerAlignment(name, angle, ratio))
     return rows

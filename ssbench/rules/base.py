@@ -70,9 +70,9 @@ def xavier_std(weight: Tensor) -> float:
 
 
 def draw_uniform(shape: torch.Size, bound: float, like: Tensor, gen: torch.Generator) -> Tensor:
-    """U(-bound, bound) in float32 on the CPU generator, cast to like's dtype and device (the same
-    numbers on every device and in every precision, as `draw_normal`)."""
-    t = torch.empty(shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen)
+    """U(-bound, bound) in float32 on gen's device, cast to like's dtype and device (from a CPU
+    generator: the same numbers on every device and in every precision, as `draw_normal`)."""
+    t = torch.empty(shape, dtype=torch.float32, device=gen.device).uniform_(-bound, bound, generator=gen)
     return t.to(device=like.device, dtype=like.dtype)
 
 
@@ -127,16 +127,19 @@ def layer_generator(
 ) -> torch.Generator:
     """A private CPU generator per (seed, layer, step): reproducible on any device, and it never
     touches torch's global RNG (so a rule cannot change the data order or dropout masks).
-    `reuse` re-seeds an existing generator instead of building one (brsf re-seeds every step)."""
+    `reuse` re-seeds an existing generator, of any device, instead of building one (brsf re-seeds
+    its layer's device generator every step)."""
     gen = reuse if reuse is not None else torch.Generator(device="cpu")
     return gen.manual_seed(_mixed_seed(seed, layer_index, step))
 
 
 def draw_normal(shape: torch.Size, like: Tensor, gen: torch.Generator) -> Tensor:
-    """N(0, 1) draw in float32 on the CPU generator, then cast to like's dtype and device: the
-    same numbers (up to rounding) on every device and in every precision, so a float64 copy of a
-    model (gradient checks) has the very B of the float32 original."""
-    return torch.randn(shape, generator=gen, dtype=torch.float32).to(device=like.device, dtype=like.dtype)
+    """N(0, 1) draw in float32 on gen's device, then cast to like's dtype and device. From a CPU
+    generator (every draw but brsf's per-step one): the same numbers (up to rounding) on every
+    device and in every precision, so a float64 copy of a model (gradient checks) has the very B
+    of the float32 original."""
+    t = torch.randn(shape, generator=gen, dtype=torch.float32, device=gen.device)
+    return t.to(device=like.device, dtype=like.dtype)
 
 
 class Rule:

@@ -7,8 +7,12 @@ mode the counter does not move: backward uses the draw of the last training step
 attacker in feedback mode sees one consistent pseudo-gradient (E|R|^2 = 1 keeps ||B|| ~ ||W||).
 Like usf, entries where W is exactly 0 get B = 0.
 
-The N(0, 1) draw (CPU generator, so the same numbers on every device) is most of the rule's cost;
-in eval mode the layer keeps |R_t| (it depends on the step only, never on W) and reuses it.
+R_t is drawn on the layer's own device, from a per-layer generator of that device re-seeded each
+step (`FeedbackLayer.step_draw_abs`): on the CPU the very numbers it always drew; on a GPU other
+numbers (CUDA's generator is not the CPU's), reproducible on the same kind of GPU and identical on
+every rank of a data-parallel job (same seed, same step counter), with no host-to-device copy per
+step (0.07 ms instead of 17 ms for a 512x512x3x3 kernel on an H200). In eval mode the layer keeps
+|R_t| (it depends on the step only, never on W) and reuses it.
 
 With init='xavier' B_t = |R_t| * sign(W), R_t a xavier_uniform_ draw of W's shape (BioTorch's): the
 magnitude is the layer shape's xavier scale, not rms(W); with init='gaussian' R_t ~ N(0,

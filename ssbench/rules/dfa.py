@@ -5,7 +5,12 @@ entries N(0, rms(W_l)^2): the per-entry scale of the converted weight, so the br
 size a BP error through W_l would have (a zero W_l takes the init scale of its shape, see
 `reference_rms`). Because B_l's shape depends on the layer's input size, it is drawn lazily at the
 first backward from a per-layer seeded generator (the same B_l whenever it is drawn) and restored
-from checkpoints by shape.
+from checkpoints by shape. B_l is sized by the layer's real input: where the layer pads outside its
+convolution (padding_mode reflect / replicate / circular, padding='same' with an even kernel) the
+error e B_l goes straight to the unpadded input, never through the pad's backward (which would sum
+2-4 padded positions into each border input and break B_l's documented variance). An unbatched
+input (no batch axis) is refused with a SpecError: the model's output then has no batch axis either,
+so e cannot be split into per-example rows.
 
 With init='xavier' B_l is xavier-uniform, U(-b, b), b = sqrt(6 / fan_sum), as BioTorch draws it:
 * Linear: BioTorch's B has ssbench's shape (output size, in_features): fan_sum = out + in, exactly
@@ -38,11 +43,14 @@ from ssbench.rules.base import RULES, Rule, draw_normal, draw_uniform, reference
 
 def conv_taps_per_input(layer: nn.Conv2d, in_hw: tuple[int, int]) -> float:
     """Mean over input positions of how many (output position, kernel tap) pairs read that position:
-    the number of kernel entries a transposed convolution sums into one input entry, on average."""
+    the number of kernel entries a transposed convolution sums into one input entry, on average.
+    `in_hw` is the layer's real (unpadded) input map. With zero padding, taps on the pad read
+    nothing; with reflect / replicate / circular padding every tap reads some real input."""
     taps = 1.0
+    zeros = layer.padding_mode == "zeros"
     for n, k, s, d, (left, right) in zip(in_hw, layer.kernel_size, layer.stride, layer.dilation, _pads(layer)):
         out = (n + left + right - d * (k - 1) - 1) // s + 1
-        taps *= sum(1 for j in range(out) for t in range(k) if 0 <= j * s + t * d - left < n) / n
+        taps *= sum(1 for j in range(out) for t in range(k) if not zeros or 0 <= j * s + t * d - left < n) / n
     return taps
 
 

@@ -3,6 +3,14 @@
 `convert` swaps the class of existing nn.Linear / nn.Conv2d objects in place (no copy), so the
 weight and bias Parameters, hooks and optimiser references stay the very same objects. The rule's
 per-layer state lives in the `feedback_state` buffer and round-trips through `state_dict()`.
+
+brsf's per-step draw |R_t| is made on the layer's own device, from a generator of that device kept
+per layer and re-seeded per step by (seed, layer, step) (`layer_generator`). A CPU layer draws the
+very numbers it always has; a CUDA layer draws other numbers (CUDA's Philox generator is not the
+CPU's Mersenne twister), reproducible on the same kind of GPU, and identical on every rank of a
+data-parallel job (same seed, same step counter, no copy from the host each step). Every other
+random tensor of the rules (fa / frsf / ifa's R, DFA's B_l) is drawn once on a CPU generator: the
+same numbers on every device.
 """
 from __future__ import annotations
 
@@ -42,12 +50,18 @@ class FeedbackLayer(nn.Module):
         self.register_buffer("feedback_state", state)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long, device=self.weight.device))
 
+    def mark_ran(self) -> None:
+        # Compiled: set without reading it (a read is a guard, and the second call would recompile).
+        # Eager: read first (nn.Module's setattr costs more than a small layer's forward).
+        if torch.compiler.is_compiling() or not self.ran_forward:
+            self.ran_forward = True
+
     def uses_rule_backward(self) -> bool:
         return not self.exact and torch.is_grad_enabled()
 
     def feedback_for_forward(self) -> Tensor | DirectFeedback:
         if self.training and self.rule.per_step:
-            self.feedback_step += 1
+            self._advance_step()
         if self.rule.direct:
             return DirectFeedback(self)
         with torch.no_grad():
@@ -58,22 +72,47 @@ class FeedbackLayer(nn.Module):
         with torch.no_grad():
             return self.rule.feedback(self)
 
+    @torch.compiler.disable  # host-side bookkeeping (tensor versions): eager
+    def _advance_step(self) -> None:
+        """feedback_step += 1, and the host's copy of its value follows (see `_step_number`)."""
+        t = self.feedback_step
+        seen = self.__dict__.get("_step_seen")
+        t += 1  # in place: the buffer's version moves by exactly one
+        if seen is not None and seen[0] is t and seen[1] == t._version - 1:
+            self._step_seen = (t, t._version, seen[2] + 1)
+
+    def _step_number(self) -> int:
+        """The step counter's value without a device sync. Reading a CUDA buffer with int() waits for
+        the GPU, once per layer per step, which made brsf 0.64x plain BP on an H200. The value is
+        followed on the host across our own increments, keyed by the buffer object and its version
+        counter; anything else that changed the buffer (load_state_dict, a restore, a move to another
+        device) changed its version or object, so the buffer is read once more."""
+        t = self.feedback_step
+        seen = self.__dict__.get("_step_seen")
+        if seen is not None and seen[0] is t and seen[1] == t._version:
+            return seen[2]
+        value = int(t)
+        self._step_seen = (t, t._version, value)
+        return value
+
+    @torch.compiler.disable  # a seeded Generator and a host-side step number: eager, one graph break
     def step_draw_abs(self) -> Tensor:
         """|R_t| of W's shape for the current step counter (brsf): |N(0, 1)|, or |xavier-uniform|.
 
-        One generator per layer, re-seeded per step (building one costs more than seeding). In eval
+        One generator per layer, on W's device, re-seeded per step (building one costs more than
+        seeding; drawing on the device saves a host-to-device copy per step). In eval
         mode the counter is frozen, so the draw is kept and reused: it depends on the step, dtype
         and device only, never on W, so reusing it cannot go stale when W changes.
         """
         w = self.weight
-        step = int(self.feedback_step)
+        step = self._step_number()
         key = (step, w.shape, w.dtype, w.device)
         cache = self.__dict__.get("_draw_cache")
         if not self.training and cache is not None and cache[0] == key:
             return cache[1]
         gen = self.__dict__.get("_step_gen")
-        if gen is None:
-            gen = self._step_gen = torch.Generator(device="cpu")
+        if gen is None or gen.device != w.device:  # first draw, or the model moved to another device
+            gen = self._step_gen = torch.Generator(device=w.device)
         gen = layer_generator(self.feedback_seed, self.feedback_index, step, reuse=gen)
         draw = self.rule.draw(w, gen).abs_()  # N(0, 1), xavier-uniform or N(0, feedback_var / fan_in)
         if not self.training:
@@ -106,46 +145,69 @@ class FeedbackLayer(nn.Module):
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
-        if not self.ran_forward:
-            self.ran_forward = True
+        self.mark_ran()
         if not self.uses_rule_backward():
             return F.linear(x, self.weight, self.bias)
-        return FeedbackLinearFn.apply(x, self.weight, self.feedback_for_forward(), self.bias)
+        if x.dim() == 1 and self.rule.direct:
+            raise _unbatched_dfa_error("(in_features,)")
+        feedback = self.feedback_for_forward()
+        apply = _apply_eagerly if isinstance(feedback, DirectFeedback) else _apply
+        return apply(FeedbackLinearFn, x, self.weight, feedback, self.bias)
 
 
 class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
-        if not self.ran_forward:
-            self.ran_forward = True
-        if self.padding_mode != "zeros":
-            x, padding = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode), (0, 0)
-        else:
-            padding = self.padding
+        self.mark_ran()
         if not self.uses_rule_backward():
-            return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
-        if isinstance(padding, str):
-            x, padding = _explicit_padding(x, padding, self.kernel_size, self.dilation, self.stride)
-        return FeedbackConv2dFn.apply(
-            x, self.weight, self.feedback_for_forward(), self.bias, self.stride, padding, self.dilation, self.groups
-        )
+            return self._conv_forward(x, self.weight, self.bias)  # nn.Conv2d's own, any padding
+        if x.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes: a batch of one
+            if self.rule.direct:
+                raise _unbatched_dfa_error("(C, H, W)")
+            return self.forward(x.unsqueeze(0)).squeeze(0)
+        pre_pad, padding = self._pre_pad()
+        if pre_pad is not None and not self.rule.direct:
+            # outside the function: autograd's pad backward routes B's transposed conv to x exactly
+            x, pre_pad = F.pad(x, pre_pad[0], mode=pre_pad[1]), None
+        feedback = self.feedback_for_forward()
+        apply = _apply_eagerly if isinstance(feedback, DirectFeedback) else _apply
+        return apply(FeedbackConv2dFn, x, self.weight, feedback, self.bias, self.stride, padding,
+                     self.dilation, self.groups, pre_pad)
+
+    def _pre_pad(self) -> tuple[tuple[tuple[int, ...], str] | None, tuple[int, int]]:
+        """(F.pad widths, mode) to apply before the convolution, or None, and the convolution's own
+        (symmetric, zero) padding in numbers.
+
+        A padding mode other than zeros is all done by F.pad, as nn.Conv2d does it. padding='same'
+        pads d (k - 1) in total per dimension; when that is odd, torch puts the extra row / column
+        after the input (right, bottom), which only F.pad can do.
+        """
+        if self.padding_mode != "zeros":
+            return (tuple(self._reversed_padding_repeated_twice), self.padding_mode), (0, 0)
+        if self.padding == "valid":
+            return None, (0, 0)
+        if self.padding != "same":
+            return None, self.padding  # type: ignore[return-value]
+        if any(s != 1 for s in self.stride):
+            raise SpecError(f"padding='same' needs stride 1, this conv has stride {tuple(self.stride)}")
+        total = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+        before = [t // 2 for t in total]
+        extra_h, extra_w = (t - 2 * b for t, b in zip(total, before))
+        pre_pad = ((0, extra_w, 0, extra_h), "constant") if extra_h or extra_w else None
+        return pre_pad, (before[0], before[1])
 
 
-def _explicit_padding(
-    x: Tensor, mode: str, kernel: tuple[int, ...], dilation: tuple[int, ...], stride: tuple[int, ...]
-) -> tuple[Tensor, tuple[int, int]]:
-    """Turn padding='valid' / 'same' into numbers the autograd function takes.
+def _apply(fn: type[torch.autograd.Function], *args: Any) -> Tensor:
+    return fn.apply(*args)
 
-    'same' pads d (k - 1) in total per dimension; when that is odd, torch puts the extra row /
-    column after the input (right, bottom), which F.pad does here, outside the rule's function,
-    so autograd routes the input gradient back through the pad exactly.
-    """
-    if mode == "valid":
-        return x, (0, 0)
-    if any(s != 1 for s in stride):
-        raise SpecError(f"padding='same' needs stride 1, this conv has stride {tuple(stride)}")
-    total = [d * (k - 1) for k, d in zip(kernel, dilation)]
-    before = [t // 2 for t in total]
-    extra_h, extra_w = (t - 2 * b for t, b in zip(total, before))
-    if extra_h or extra_w:
-        x = F.pad(x, (0, extra_w, 0, extra_h))
-    return x, (before[0], before[1])
+
+# DFA's backward reads e from the model's ErrorBox, which another backward fills: state that a
+# graph traced ahead of time cannot carry. Under torch.compile its layers run eagerly (one graph
+# break each), the rest of the model compiles.
+_apply_eagerly = torch.compiler.disable(_apply)
+
+
+def _unbatched_dfa_error(shape: str) -> SpecError:
+    # The model's output for an unbatched input has no batch axis either, so the output error e
+    # cannot be split into per-example rows for B_l: refuse rather than mix rows up.
+    return SpecError(f"dfa needs batched inputs; this layer got an unbatched {shape} input: add a batch "
+                     "dimension (x.unsqueeze(0))")
