@@ -1,4 +1,4 @@
-"""Where each data set's raw arrays come from (files on disk, scikit-learn, torchvision).
+"""Where each data set's raw arrays come from (files on disk, scikit-learn, torchvision's downloads).
 
 Each source returns :class:`RawData` (uint8/float tensors N x C x H x W plus labels) for in-memory
 sets; ``imagenet`` is a folder set handled in :mod:`ssbench.data.folder`.
@@ -6,6 +6,7 @@ sets; ``imagenet`` is a folder set handled in :mod:`ssbench.data.folder`.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,19 @@ def _idx_raw(files: dict[str, Path], class_names: list[str], augment: Augment) -
     return raw
 
 
+# name -> (our folder, torchvision's class and folder name, other places looked)
+IDX_SETS: dict[str, tuple[str, str, tuple[Path, ...]]] = {
+    "fashion-mnist": ("fashion-mnist", "FashionMNIST", (DEBIAN_FASHION_MNIST,)),
+    "mnist": ("mnist", "MNIST", ()),
+}
+
+
 def load_fashion_mnist(spec: DataSpec) -> RawData:
     """Fashion-MNIST (Xiao et al. 2017) from IDX files: --data-dir, $SSBENCH_DATA, Debian's package, download."""
+    folder, tv_name, extra = IDX_SETS["fashion-mnist"]
     files = _load_idx_set(
-        spec, folder="fashion-mnist", tv_name="FashionMNIST", tv_class="FashionMNIST",
-        extra=(DEBIAN_FASHION_MNIST,), hint="run `sudo apt-get install dataset-fashion-mnist` or ",
+        spec, folder=folder, tv_name=tv_name, tv_class=tv_name, extra=extra,
+        hint="run `sudo apt-get install dataset-fashion-mnist` or ",
     )
     # clothes are left/right symmetric, so flips are label-preserving; pad 2 at 28 px ~ pad 4 at 32 px
     return _idx_raw(files, FASHION_MNIST_CLASSES, Augment(pad=2, flip=True))
@@ -133,7 +142,8 @@ def load_fashion_mnist(spec: DataSpec) -> RawData:
 
 def load_mnist(spec: DataSpec) -> RawData:
     """MNIST digits (IDX files; torchvision download where a network exists)."""
-    files = _load_idx_set(spec, folder="mnist", tv_name="MNIST", tv_class="MNIST", extra=(), hint="")
+    folder, tv_name, extra = IDX_SETS["mnist"]
+    files = _load_idx_set(spec, folder=folder, tv_name=tv_name, tv_class=tv_name, extra=extra, hint="")
     # no flips: mirrored digits are not digits
     return _idx_raw(files, [str(i) for i in range(10)], Augment(pad=2, flip=False))
 
@@ -157,51 +167,149 @@ def load_digits(spec: DataSpec) -> RawData:
     )
 
 
-# ---------------------------------------------------------------- CIFAR (torchvision)
+# ---------------------------------------------------------------- CIFAR (python batches)
 
-def _load_cifar(spec: DataSpec, *, folder: str, tv_class: str) -> RawData:
-    import torchvision.datasets as tvd
+@dataclass(frozen=True)
+class CifarLayout:
+    """The files of one CIFAR set in its "python version" archive (cs.toronto.edu/~kriz/cifar.html)."""
 
-    root = dataset_dir(spec, folder)
-    sets = []
-    for train in (True, False):
-        try:
-            sets.append(getattr(tvd, tv_class)(str(root), train=train, download=False))
-            continue
-        except Exception as exc:  # not there yet
-            err = exc
-        if not spec.download:
-            raise DataNotFoundError(
-                f"{folder} not found in {root} (download=false); put torchvision's {tv_class} files there "
-                f"or allow download"
-            ) from err
-        try:
-            sets.append(getattr(tvd, tv_class)(str(root), train=train, download=True))
-        except Exception as exc:
-            raise DataNotFoundError(
-                f"{folder} not found in {root} and download failed ({_one_line(exc)}); "
-                f"fetch torchvision's {tv_class} on a machine with a network and copy it into {root}"
-            ) from exc
-    tr, te = sets
+    folder: str  # ours, under the data root
+    subdir: str  # the archive's folder
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    labels: bytes  # key of the labels in each batch
+    names: bytes  # key of the class names in the meta file
+    tv_class: str  # torchvision's class, which downloads and unpacks the archive
 
-    def images(ds) -> Tensor:  # N x H x W x C uint8 -> N x C x H x W
-        return torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (*self.train, self.test, self.meta)
 
-    return RawData(
-        images(tr), torch.as_tensor(tr.targets, dtype=torch.long),
-        images(te), torch.as_tensor(te.targets, dtype=torch.long),
-        list(tr.classes), Augment(pad=4, flip=True),  # the standard CIFAR recipe (He et al. 2016)
-    )
+
+CIFAR10 = CifarLayout("cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                      "batches.meta", b"labels", b"label_names", "CIFAR10")
+CIFAR100 = CifarLayout("cifar100", "cifar-100-python", ("train",), "test", "meta", b"fine_labels",
+                       b"fine_label_names", "CIFAR100")
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles dicts of bytes, lists and numpy arrays and nothing else: a batch file that asks for
+    any other global (code to run) is refused, not executed."""
+
+    _ALLOWED = frozenset({
+        ("_codecs", "encode"),  # bytes, as Python 3 pickles them at protocol 2
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    })
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not part of a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            obj = _BatchUnpickler(f, encoding="bytes").load()
+    except Exception as exc:  # noqa: BLE001  (truncated, foreign or hostile file: all the same to the user)
+        raise DataNotFoundError(f"{path} is not a CIFAR python batch ({_one_line(exc)}); unpack the python "
+                                "version of the archive (cifar-*-python.tar.gz) there") from None
+    if not isinstance(obj, dict):
+        raise DataNotFoundError(f"{path} is not a CIFAR python batch (a dict expected, got {type(obj).__name__})")
+    return obj
+
+
+def _cifar_batch(path: Path, layout: CifarLayout) -> tuple[Tensor, Tensor]:
+    """(N x 3 x 32 x 32 uint8 images, N int64 labels) of one batch file."""
+    batch = _unpickle(path)
+    data, labels = batch.get(b"data"), batch.get(layout.labels)
+    if not isinstance(data, np.ndarray) or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.dtype != np.uint8:
+        got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataNotFoundError(f"{path}: b'data' should be N x 3072 uint8, got {got}")
+    if labels is None or len(labels) != len(data):
+        n = "none" if labels is None else len(labels)
+        raise DataNotFoundError(f"{path}: {len(data)} images but {n} {layout.labels.decode()}")
+    # rows hold the red, green then blue 32 x 32 planes: N x C x H x W as it is
+    images = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32).copy())
+    return images, torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+
+def find_cifar(spec: DataSpec, layout: CifarLayout) -> Path | None:
+    """The folder holding every file of `layout` (the named or default folder itself, or its
+    archive subfolder ``cifar-10-batches-py`` / ``cifar-100-python``); None when there is none."""
+    base = dataset_dir(spec, layout.folder)
+    for c in (base, base / layout.subdir):
+        if all((c / f).is_file() for f in layout.files):
+            return c
+    return None
+
+
+def _cifar_missing(base: Path, layout: CifarLayout) -> str:
+    """What a folder holding some of the files lacks, for the error ("" when neither has any)."""
+    for c in (base / layout.subdir, base):
+        present = [f for f in layout.files if (c / f).is_file()]
+        if present:
+            return f"; {c} lacks {', '.join(f for f in layout.files if f not in present)}"
+    return ""
+
+
+def _load_cifar(spec: DataSpec, layout: CifarLayout) -> RawData:
+    folder = find_cifar(spec, layout)
+    base = dataset_dir(spec, layout.folder)
+    why = "download=false"
+    if folder is None and spec.download:
+        try:  # torchvision fetches the archive (md5-checked) and unpacks it into base/<subdir>
+            import torchvision.datasets as tvd
+
+            getattr(tvd, layout.tv_class)(str(base), train=True, download=True)
+        except Exception as exc:  # noqa: BLE001  (no network, proxy, server down: all the same to the user)
+            why = f"download failed: {_one_line(exc)}"
+        folder = find_cifar(spec, layout)
+    if folder is None:
+        raise DataNotFoundError(
+            f"{layout.folder} not found ({why}){_cifar_missing(base, layout)}; put the python version's files "
+            f"{', '.join(layout.files)} ({layout.subdir.replace('-batches-py', '-python')}.tar.gz unpacked) in "
+            f"{base / layout.subdir} (or pass --data-dir / set SSBENCH_DATA)"
+        )
+    parts = [_cifar_batch(folder / f, layout) for f in layout.train]
+    train_x, train_y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    test_x, test_y = _cifar_batch(folder / layout.test, layout)
+    raw_names = _unpickle(folder / layout.meta).get(layout.names)
+    if not isinstance(raw_names, list) or not raw_names:
+        raise DataNotFoundError(f"{folder / layout.meta} has no {layout.names.decode()} list")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in raw_names]
+    for split, y in (("train", train_y), ("test", test_y)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(names)):
+            raise DataNotFoundError(f"{folder}: {split} labels span {int(y.min())}..{int(y.max())}, "
+                                    f"but {layout.meta} names {len(names)} classes")
+    return RawData(train_x, train_y, test_x, test_y, names, Augment(pad=4, flip=True))  # the standard CIFAR recipe (He et al. 2016)
 
 
 def load_cifar10(spec: DataSpec) -> RawData:
-    """CIFAR-10 via torchvision (download where possible)."""
-    return _load_cifar(spec, folder="cifar10", tv_class="CIFAR10")
+    """CIFAR-10 from its python batches (data_batch_1..5, test_batch, batches.meta): --data-dir or
+    $SSBENCH_DATA/cifar10, the folder itself or its cifar-10-batches-py; download where possible."""
+    return _load_cifar(spec, CIFAR10)
 
 
 def load_cifar100(spec: DataSpec) -> RawData:
-    """CIFAR-100 (fine labels) via torchvision (download where possible)."""
-    return _load_cifar(spec, folder="cifar100", tv_class="CIFAR100")
+    """CIFAR-100, fine labels, from its python batches (train, test, meta): --data-dir or
+    $SSBENCH_DATA/cifar100, the folder itself or its cifar-100-python; download where possible."""
+    return _load_cifar(spec, CIFAR100)
+
+
+def on_disk(spec: DataSpec) -> bool | None:
+    """Whether a downloadable data set's files are found where its loader looks; None for the sets
+    that are never downloaded (scikit-learn's digits, folder and list sets) and unknown names."""
+    name = spec.name.lower()
+    if name in ("cifar10", "cifar100"):
+        return find_cifar(spec, CIFAR10 if name == "cifar10" else CIFAR100) is not None
+    if name in IDX_SETS:
+        folder, tv_name, extra = IDX_SETS[name]
+        return any(find_idx_files(c) is not None for c in _idx_candidates(spec, folder, tv_name, extra))
+    return None
 
 
 SourceFn = Callable[[DataSpec], RawData]
