@@ -3,8 +3,10 @@ network, no normalisation; wrap it in :class:`Normalized`), ``head_of`` / ``repl
 
 Registered in :data:`MODELS`: ``lenet``, ``lenet-unpadded``, ``lenet-cifar``, ``mlp``, ``resnet20``, ``resnet56``.
 Any other name is looked up among torchvision's classification models (``resnet18``, ``vgg16``,
-``alexnet``, ...; see :func:`torchvision_names`). Every built model is checked with a dummy forward
-at the requested input shape, so an image size too small for the architecture is a one-line
+``alexnet``, ...; see :func:`torchvision_names`). ``model.weights: PATH`` starts any of them from a
+state_dict file instead of their initialisation or torchvision's download (no network; a head made
+for other classes is replaced; see :mod:`ssbench.models.weights`). Every built model is checked with
+a dummy forward at the requested input shape, so an image size too small for the architecture is a one-line
 :class:`~ssbench.errors.SpecError` at build time, not a shape error in the middle of training.
 """
 from __future__ import annotations
@@ -20,12 +22,13 @@ from ssbench.models.normalized import Normalized
 from ssbench.models.resnet_cifar import CifarResNet, resnet20, resnet56
 from ssbench.models.small import MLP, LeNet, LeNetCifar
 from ssbench.models.tv import build_torchvision, no_inplace, torchvision_names
+from ssbench.models.weights import load_weights, read_state_dict
 from ssbench.registry import Registry
 from ssbench.specs import ModelSpec
 
 __all__ = [
     "MODELS", "build_model", "known_model", "Normalized", "head_of", "replace_head", "torchvision_names", "count_parameters",
-    "LeNet", "LeNetCifar", "MLP", "CifarResNet", "no_inplace",
+    "LeNet", "LeNetCifar", "MLP", "CifarResNet", "no_inplace", "load_weights", "read_state_dict",
 ]
 
 # name -> factory(spec, num_classes, in_channels, image_size) -> nn.Module
@@ -145,11 +148,14 @@ def build_model(spec: ModelSpec, *, num_classes: int, in_channels: int, image_si
     key = known_model(spec.name)
     if key in MODELS:
         model = MODELS.get(key)(spec, num_classes, in_channels, image_size)
+        if spec.weights is not None:  # a plain state_dict of this very architecture (its shapes decide)
+            load_weights(model, spec.weights, key, num_classes=num_classes)
     else:
         if spec.hidden is not None:
             raise SpecError(f"model.hidden is an mlp option, not one of {spec.name!r}")
         model = build_torchvision(
-            key, num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=spec.pretrained
+            key, num_classes=num_classes, in_channels=in_channels, image_size=image_size, pretrained=spec.pretrained,
+            weights=spec.weights,
         )
     _check_forward(model, spec.name, num_classes, in_channels, image_size)
     return model
