@@ -242,6 +242,8 @@ class TrainSpec(Spec):
             raise ValueError("finetune needs a source (checkpoint path or run id), model.pretrained=true or model.weights")
         if self.compute.gpus > 1 and self.batch_size % self.compute.gpus:
             raise ValueError(f"batch_size {self.batch_size} does not split evenly between {self.compute.gpus} processes")
+        if self.source and self.model.weights is not None:
+            raise ValueError("source and model.weights both name the starting weights; give one")
         if self.kind != "finetune" and self.source:
             raise ValueError(f"source is a finetune option, not one of {self.kind!r}")
         if self.task == "hashing" and self.hashing is None:

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 from sqlalchemy import update
-from torch.utils.data import DataLoader, TensorDataset
 
 from ssbench.specs import DataSpec, ModelSpec, OptimSpec, RuleSpec, TrainSpec
 from ssbench.store import Run, open_store
 from ssbench.training import run_training
 from ssbench.training.checkpoint import RESUME_FILE, RESUME_FORMAT, read_checkpoint
-from ssbench.training.job import find_resumable, seed_epoch
+from ssbench.training.job import find_resumable
 
 DIGITS = DataSpec(name="digits", val_fraction=0.2)
 
@@ -143,19 +142,6 @@ def test_a_live_or_foreign_running_run_is_never_taken_over(tmp_path: Path) -> No
         assert found is not None and found.run_id == rec.run_id and store.get_run(rec.run_id).status == "failed"
     # finished now: still nothing to resume
     assert find_resumable(store, spec.kind, key) is None
-
-
-def test_the_dataloader_path_draws_per_epoch() -> None:
-    ds = TensorDataset(torch.arange(20).float(), torch.arange(20))
-    loader = DataLoader(ds, batch_size=5, shuffle=True, generator=torch.Generator().manual_seed(0))
-
-    def order(epoch: int) -> list[int]:
-        seed_epoch(loader, 7, epoch)
-        return torch.cat([y for _, y in loader]).tolist()
-
-    first = [order(e) for e in (1, 2, 3)]
-    assert order(3) == first[2] and order(2) == first[1]  # epoch 3 alone draws what it drew after 1 and 2
-    assert first[0] != first[1]
 
 
 def test_a_finetune_resumes_from_its_source_run(tmp_path: Path) -> None:

@@ -150,6 +150,11 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
             modes.remove("transfer")
             skipped["transfer"] = str(err)
             console.print(f"[yellow]transfer mode skipped: {escape(str(err))}[/]")
+    if spec.precision == "train":  # autocast as each model was trained; fp32 by default (AttackSpec.precision)
+        from ssbench.training.precision import at_training_precision
+
+        target = at_training_precision(target)
+        surrogate = at_training_precision(surrogate) if surrogate is not None else None
     if skipped and hashing:
         spec_run = spec.replace(modes=tuple(modes))
     else:

@@ -1,7 +1,7 @@
 """`ssbench attack RUN`: build an AttackSpec from options and run it."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -48,6 +48,7 @@ def attack(
     surrogate: Annotated[str | None, typer.Option(help="transfer mode: run id of the BP surrogate (rule bp, same architecture and data) [default: found in the store]")] = None,
     loss: Annotated[str, typer.Option(help="loss of fgsm and pgd: ce (the papers') or margin (max_{j!=y} z_j - z_y; does not saturate on over-confident models)")] = "ce",
     batch_size: Annotated[int, typer.Option(help="examples per attack batch")] = 256,
+    precision: Annotated[Literal["fp32", "train"], typer.Option(help="fp32: the attack's gradients in full precision (a bf16 / fp16 input gradient can underflow or round into a weaker attack); train: the target (and surrogate) run under autocast at the precision they were trained in")] = "fp32",
     db: Db = None,
     artifacts: Artifacts = None,
     device: Device = "auto",
@@ -62,7 +63,7 @@ def attack(
     spec = AttackSpec(
         target=run, suite=suite, attacks=tuple(attack_name) if attack_name else None, modes=modes,
         eps=_eps(eps) if eps is not None else None, n_examples=n, batch_size=batch_size, steps=steps,
-        surrogate=surrogate, seed=seed, device=device, loss=loss, transfer_optional=every,
+        surrogate=surrogate, seed=seed, device=device, loss=loss, transfer_optional=every, precision=precision,
     )
     run_attack(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
 

@@ -5,7 +5,7 @@ over `kind` inside the command factory.
 """
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
@@ -13,7 +13,17 @@ from pydantic import ValidationError
 from ssbench.cli.options import Artifacts, Db, Device, Quiet, parse_classes, parse_floats, parse_ints
 from ssbench.errors import SpecError
 from ssbench.printing import SafeConsole
-from ssbench.specs import TRAIN_KINDS, DataSpec, HashSpec, ModelSpec, OptimSpec, RuleSpec, TrainKind, TrainSpec
+from ssbench.specs import (
+    TRAIN_KINDS,
+    ComputeSpec,
+    DataSpec,
+    HashSpec,
+    ModelSpec,
+    OptimSpec,
+    RuleSpec,
+    TrainKind,
+    TrainSpec,
+)
 
 _HELP = {
     "pretrain": (
@@ -85,6 +95,7 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
         model: Annotated[str | None, typer.Option("--model", "-m", help="lenet, lenet-cifar, mlp, resnet20, resnet56, or a torchvision name (resnet18, vgg16, alexnet)" + (" [default: the source's]" if kind == "finetune" else " [default: lenet]"))] = None,
         hidden: Annotated[str | None, typer.Option(help="mlp hidden widths, e.g. 256,256")] = None,
         torchvision_weights: Annotated[bool, typer.Option("--torchvision-weights", help="start from torchvision's ImageNet weights (needs a network)")] = False,
+        weights: Annotated[Path | None, typer.Option("--weights", help="start from a torchvision state_dict file (read weights_only): pretrained weights without a network; a finetune takes it in place of --from")] = None,
         rule: Annotated[str, typer.Option("--rule", "-r", hidden=is_pretrain, help="bp, fa, dfa, usf, frsf, brsf, ifa")] = "bp",
         theta: Annotated[float | None, typer.Option(hidden=is_pretrain, help="ifa: initial angle between W and B, degrees (0 = BP at start, 90 = FA)")] = None,
         init: Annotated[str, typer.Option(help="default, xavier: BioTorch's initialisation (W re-initialised Xavier-uniform when training from scratch, B drawn Xavier-uniform), or gaussian: W ~ N(0, --weight-var / fan_in) from scratch, B ~ N(0, --feedback-var / fan_in) (docs/rules.md)")] = "default",
@@ -119,6 +130,11 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
         reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: new when the classes differ from the source's (other data set or class list), kept when they are the same]")] = None,
         track_grad_alignment: Annotated[bool, typer.Option(help="per epoch, angle between the rule's weight update and the true gradient")] = False,
         keep_epochs: Annotated[int, typer.Option(min=0, help="keep the weights every N epochs (and before training, and the last epoch) for `ssbench analyze trajectory`; 0 = none")] = 0,
+        precision: Annotated[Literal["fp32", "bf16", "fp16"], typer.Option(help="fp32; or bf16 / fp16: forward and loss under autocast, weights and optimiser state kept in fp32. Faster on tensor-core GPUs with about half the activation memory (bf16 on A100 / H100 and newer; fp16, with a loss scaler, on older ones; docs/gpu.md). Evaluation runs fp32, attacks by default too")] = "fp32",
+        channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format for the model and its image batches: faster convolutions on tensor cores, best with --precision bf16; no use for MLPs")] = False,
+        compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for the training steps: faster long GPU runs after a compile of a minute or so; where it fails, one warning line and eager steps (the run's summary records compiled)")] = False,
+        workers: Annotated[int | None, typer.Option(min=0, help="data-loading processes for data sets read from files (ImageNet folders, DeepHash lists); 0 = in the training process; in-memory sets need none [default: the cores less one, shared between --gpus processes, at most 16]")] = None,
+        gpus: Annotated[int, typer.Option(min=1, help="data-parallel processes, one per GPU (gloo processes on a CPU); --batch-size is the global batch, split evenly: one process's steps up to rounding. Under torchrun: its --nproc-per-node")] = 1,
         tag: Annotated[list[str] | None, typer.Option(help="label the run (repeatable)")] = None,
         device: Device = "auto",
         db: Db = None,
@@ -127,6 +143,7 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
     ) -> None:
         from ssbench.store import open_store
         from ssbench.training import run_training
+        from ssbench.training.distributed import main_process
 
         from ssbench.rules import RULES
 
@@ -143,15 +160,19 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
                 train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
                 download=download,
             ),
-            model=_resolve_model(kind, model, hidden, source, db, artifacts).replace(pretrained=torchvision_weights),
+            model=_resolve_model(kind, model, hidden, source, db, artifacts).replace(pretrained=torchvision_weights, weights=weights),
             rule=RuleSpec(name=rule, theta=theta, init=init, weight_var=weight_var, feedback_var=feedback_var),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
             epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
             track_grad_alignment=track_grad_alignment, keep_epochs=keep_epochs, tags=tuple(tag or ()),
+            compute=ComputeSpec(precision=precision, channels_last=channels_last, compile=compile_,  # type: ignore[arg-type]
+                                workers=workers, gpus=gpus),
         )
-        run_training(spec, open_store(db, artifacts=artifacts), console=SafeConsole(stderr=True), quiet=quiet)
+        # under torchrun only rank 0 holds the store; the other processes train (training/distributed.py)
+        store = open_store(db, artifacts=artifacts) if main_process() else None
+        run_training(spec, store, console=SafeConsole(stderr=True), quiet=quiet)
 
     command.__doc__ = _HELP[kind]
     return command

@@ -77,7 +77,9 @@ class RayExecutor:
     def _gpus_for(self, task: Task) -> float:
         if task.resources.gpus is not None:
             return task.resources.gpus
-        return 1.0 if wants_gpu(task.spec.device, self._gpus) else 0.0
+        # a data-parallel training job (compute.gpus) spawns one process per GPU: it needs them all
+        gpus = getattr(getattr(task.spec, "compute", None), "gpus", 1)
+        return float(gpus) if wants_gpu(task.spec.device, self._gpus) else 0.0
 
     def submit(self, task: Task) -> None:
         cpus = task.resources.cpus

@@ -101,7 +101,7 @@ def _attack_spec(recipe: Recipe, a: AttackStage, ov: Overrides, seed: int) -> At
     return AttackSpec(
         target=PENDING, suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
         n_examples=_given(ov.n_examples, a.n_examples), batch_size=a.batch_size, steps=a.steps, loss=a.loss,
-        transfer_optional=a.transfer_optional, seed=seed, device=_given(ov.device, recipe.device), recipe=recipe.name,
+        transfer_optional=a.transfer_optional, precision=a.precision, seed=seed, device=_given(ov.device, recipe.device), recipe=recipe.name,
         tags=recipe.tags,
     )
 
@@ -119,7 +119,7 @@ def _cell(recipe: Recipe, ov: Overrides, seed: int, model: ModelSpec, add: AddJo
             pre = add("pretrain", spec, describe("pretrain", spec))
         group: list[tuple[str, str, str]] = []  # (key, rule, label)
         for entry in recipe.finetune.rules:
-            kind: JobKind = "finetune" if pre is not None or model.pretrained else "train"
+            kind: JobKind = "finetune" if pre is not None or model.pretrained or model.weights is not None else "train"
             spec = _stage_spec(
                 recipe.finetune.for_rule(entry), recipe, rv, kind=kind, model=model, seed=seed, rule=entry.rule,
                 source=PENDING if pre is not None else None, reset_head=recipe.finetune.reset_head,

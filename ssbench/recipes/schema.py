@@ -123,6 +123,7 @@ class AttackStage(Spec):
     steps: int | None = None
     loss: Literal["ce", "margin"] = Field(default="ce", description="fgsm/pgd loss: ce (the papers') or margin (non-saturating)")
     transfer_optional: bool = Field(default=False, description="skip transfer mode with a note when no BP sibling exists")
+    precision: Literal["fp32", "train"] = Field(default="fp32", description="fp32, or autocast as the target was trained")
 
     @field_validator("eps", mode="before")
     @classmethod

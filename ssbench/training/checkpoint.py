@@ -118,15 +118,17 @@ def load_scheduler_state(sched: Any, state: dict[str, Any] | None) -> None:
 def save_resume_state(
     path: Path, *, run_id: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     best_score: float, best_epoch: int, first_loss: float | None, diverged: dict[str, float] | None,
+    scaler: dict[str, Any] | None = None,
 ) -> Path:
     """Everything to continue after `epoch` (weights included, so the file is self-contained and one
-    atomic write: no window where it and last.pt disagree). Call it after the epoch's RNG use."""
+    atomic write: no window where it and last.pt disagree). Call it after the epoch's RNG use.
+    `scaler`: fp16's gradient scaler state (scale, growth tracker), None in other precisions."""
     return _save_atomic({
         "format": RESUME_FORMAT, "run_id": run_id, "epoch": epoch,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(), "scheduler": _plain_scheduler_state(scheduler),
         "best_score": float(best_score), "best_epoch": int(best_epoch), "first_loss": first_loss,
-        "diverged": diverged, "rng": rng_state(),
+        "diverged": diverged, "rng": rng_state(), "scaler": scaler,
     }, path, "resume state")
 
 
@@ -157,8 +159,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def build_network(meta: ModelMeta, spec: TrainSpec) -> nn.Module:
     """The bare architecture of a checkpoint (hash head included), wrapped for [0, 1] inputs."""
-    # pretrained=False: the weights come from the checkpoint; fetching torchvision's would need a network
-    arch = ModelSpec(**{**meta.model, "pretrained": False})
+    # the weights come from the checkpoint: torchvision's download would need a network, and the
+    # run's weights file (model.weights) may be gone or changed since
+    arch = ModelSpec(**{**meta.model, "pretrained": False, "weights": None})
     net = build_model(arch, num_classes=meta.num_classes, in_channels=meta.in_channels, image_size=meta.image_size)
     if meta.task == "hashing":
         from ssbench.training.tasks import make_task

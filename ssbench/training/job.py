@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +43,10 @@ from ssbench.training.checkpoint import (
     save_resume_state,
     set_rng_state,
 )
-from ssbench.training.device import resolve_device, seed_everything
+from ssbench.training import distributed
+from ssbench.training.device import memory_format, seed_everything
 from ssbench.training.optim import build_optimizer, build_scheduler
+from ssbench.training.step import TrainStep
 from ssbench.training.tasks import Task, make_task
 
 
@@ -109,7 +112,7 @@ def _transfer_head(net: nn.Module, spec: TrainSpec, src_meta: ModelMeta, src_dat
     return net, "new" if reset else "kept"
 
 
-def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store) -> Prepared:
+def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store | None) -> Prepared:
     """Build (pretrain/train) or load (finetune) the network, then convert it to the spec's rule."""
     parent_id, head = None, None
     if spec.kind == "finetune" and spec.source:
@@ -122,7 +125,7 @@ def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store)
                 f"{source} takes {src_meta.in_channels}x{src_meta.image_size}px images, "
                 f"data gives {bundle.in_channels}x{bundle.image_size}px"
             )
-        if run is None and payload.get("run_id") is not None:
+        if run is None and store is not None and payload.get("run_id") is not None:
             run = store.get_run(int(payload["run_id"])) if _has_run(store, payload["run_id"]) else None
         parent_id = run.id if run is not None else None
         if spec.model.hidden is not None and tuple(src_meta.model.get("hidden") or ()) != tuple(spec.model.hidden):
@@ -137,7 +140,7 @@ def prepare_model(spec: TrainSpec, bundle: DataBundle, task: Task, store: Store)
         arch = spec.model.model_dump(mode="json")
     model = Normalized(net, mean, std)
     rule_seed = spec.rule.seed if spec.rule.seed is not None else spec.seed
-    from_scratch = spec.kind != "finetune" and not spec.model.pretrained  # rule.init='xavier' re-inits W then
+    from_scratch = spec.kind != "finetune" and not spec.model.pretrained and spec.model.weights is None  # rule.init='xavier' re-inits W then
     if spec.kind != "pretrain":
         # two real images: layers whose own forward never runs (functional use of .weight, e.g.
         # torchvision Swin attention) are found now, left exact, and recorded in the checkpoint
@@ -249,15 +252,6 @@ def copy_epoch_rows(store: Store, src: int, dst: int, up_to: int) -> None:
                              grad_angle_deg=a.grad_angle_deg) for a in aligns])
 
 
-def seed_epoch(loader: Iterable[Any], seed: int, epoch: int) -> None:
-    """Make the batches of `epoch` (1-based) a function of (seed, epoch) alone, not of the epochs
-    drawn before, so a resumed run draws exactly what an uninterrupted one would."""
-    if hasattr(loader, "set_epoch"):  # TensorLoader
-        loader.set_epoch(epoch - 1)
-    elif isinstance(getattr(loader, "generator", None), torch.Generator):  # torch DataLoader (folder data)
-        loader.generator.manual_seed((seed * 1_000_003 + epoch - 1) % 2**63)  # type: ignore[attr-defined]
-
-
 @dataclass
 class _Progress:
     """What the epoch loop carries from one epoch to the next (and a resume state restores)."""
@@ -274,9 +268,7 @@ def _take_over(prior: Resumable, store: Store, rec: Any, model: nn.Module, opt: 
     """Continue `prior` in the run `rec`: weights, optimiser, scheduler, its epoch rows and its
     best.pt; the RNG states last, so nothing here can draw from them."""
     st, k = prior.state, prior.epoch
-    model.load_state_dict(st["state_dict"])
-    opt.load_state_dict(st["optimizer"])
-    load_scheduler_state(sched, st["scheduler"])
+    _restore(st, model, opt, sched)
     copy_epoch_rows(store, prior.run_id, rec.run_id, k)
     save_checkpoint(ckpt_dir / "last.pt", model, meta, spec, epoch=k, run_id=rec.run_id)
     best = int(st["best_epoch"])
@@ -289,6 +281,13 @@ def _take_over(prior: Resumable, store: Store, rec: Any, model: nn.Module, opt: 
         _take_over_kept(store, prior, rec, ckpt_dir)
     set_rng_state(st["rng"])
     return _Progress(k, float(st["best_score"]), best, st["first_loss"], st["diverged"])
+
+
+def _restore(state: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
+    """Weights, optimiser and scheduler of a resume state (on every process of a data-parallel job)."""
+    model.load_state_dict(state["state_dict"])
+    opt.load_state_dict(state["optimizer"])
+    load_scheduler_state(sched, state["scheduler"])
 
 
 # -- kept per-epoch checkpoints (keep_epochs): the weights an analysis over training reads -------
@@ -337,28 +336,37 @@ def run_training(
     resume: bool = True,
     claimed: bool = False,
     on_epoch: Callable[[int], None] | None = None,
-) -> int:
+    world: distributed.World | None = None,
+) -> int | None:
     """Run one training job; returns its run id. The run is 'failed' in the store if anything raises.
 
     resume: continue an interrupted run of the same job (`find_resumable`) from its last epoch
     instead of starting over; with `deterministic` the final weights equal an uninterrupted run's.
     claimed: the caller holds the job's claim, so a 'running' run of another host is taken over too.
     on_epoch(epoch): called once an epoch's rows and files (last.pt, resume.pt, best.pt) are written.
+    compute.gpus > 1 (or under torchrun): the job runs on several processes (`distributed`), which
+    call back in with their `world`; rank 0 records the run, the others return None.
     """
-    device = resolve_device(spec.device)
+    if world is None and distributed.wanted(spec):
+        return distributed.run(spec, store, run_training, console=console, quiet=quiet, resume=resume,
+                               claimed=claimed, on_epoch=on_epoch)
+    world = world or distributed.SINGLE
+    device = distributed.rank_device(spec.device, world)
     seed_everything(spec.seed, spec.deterministic)
-    bundle = load_data(spec.data)
+    with distributed.main_first(world):  # a download happens once
+        bundle = load_data(spec.data)
     if getattr(bundle, "retrieval", None) is not None and spec.task != "hashing":
         raise SpecError(f"{spec.data.name} is a multi-label retrieval data set: use --task hashing")
     task = make_task(spec, bundle.num_classes)
-    prepared = prepare_model(spec, bundle, task, store)
-    model = prepared.model.to(device)
+    prepared = prepare_model(distributed.shared_source(spec, store, world), bundle, task, store)
+    model = memory_format(prepared.model.to(device), spec.compute.channels_last)
     head_name = head_of(model)[0] if spec.optim.head_lr is not None else None
     opt = build_optimizer(model, spec.optim, head_name)
     sched = build_scheduler(opt, spec.optim, spec.epochs)
     # hashing trains on the retrieval protocol's class-balanced training set, not all of train
     train_set = task.train_dataset(bundle) if hasattr(task, "train_dataset") else bundle.train
-    loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=len(train_set) > spec.batch_size)
+    loader = make_loader(train_set, spec.batch_size, shuffle=True, seed=spec.seed, drop_last=len(train_set) > spec.batch_size,
+                         rank=world.rank, world=world.size, workers=spec.compute.workers, device=device)
     select = spec.select if bundle.val is not None else "last"
     grad_batch = None
     if spec.track_grad_alignment:
@@ -366,45 +374,55 @@ def run_training(
 
         grad_batch = next(iter(make_loader(train_set, min(256, len(train_set)), shuffle=True, seed=spec.seed + 1)))
     # the key the store records runs under (job_hash: a source run named by its own hash, not its id)
-    key = store.job_hash(spec)
-    prior = find_resumable(store, spec.kind, key, claimed=claimed) if resume else None
+    key = store.job_hash(spec) if world.main else ""
+    prior = find_resumable(store, spec.kind, key, claimed=claimed) if resume and world.main else None
+    prior = distributed.shared_resume(prior, world, store)  # the other processes continue from rank 0's choice
 
-    with store.run(
+    # only rank 0 records the run; on the other processes of a data-parallel job rec is None
+    with (store.run(
         spec.kind, config=spec, seed=spec.seed, parent_id=prepared.parent_id, recipe=spec.recipe, tags=spec.tags,
         rule=spec.rule.name, model=spec.model.name, dataset=spec.data.name, task=spec.task, device=str(device),
-    ) as rec:
-        ckpt_dir = store.checkpoint_dir(rec.run_id)
-        resume_path = ckpt_dir / RESUME_FILE
-        if prepared.head is not None:
-            rec.set_summary(head=prepared.head)
-        if hasattr(task, "save_artifacts"):  # e.g. the retrieval split, so attacks reuse it exactly
-            rec.set_summary(**task.save_artifacts(bundle, ckpt_dir, root=store.artifacts))
-        if prior is not None:
-            done = _take_over(prior, store, rec, model, opt, sched, prepared.meta, spec, ckpt_dir)
-            _say(console, f"resuming run {prior.run_id} from epoch {prior.epoch} (run {rec.run_id})")
-        else:
+    ) if world.main else nullcontext()) as rec:
+        if rec is None:  # another process of a data-parallel job: rank 0's starting point, nothing written
             done = _Progress()
-            _log_alignment(rec, model, 0)
-            if kept(spec, 0):
-                keep_epoch(rec, ckpt_dir, model, prepared.meta, spec, 0)
+            if prior is not None:
+                _restore(prior.state, model, opt, sched)
+                done = _Progress(prior.epoch)
+            distributed.seed_rank(spec.seed, world, done.epoch)
+        else:
+            ckpt_dir = store.checkpoint_dir(rec.run_id)
+            resume_path = ckpt_dir / RESUME_FILE
+            if world.size > 1:
+                rec.set_summary(world_size=world.size)
+            if prepared.head is not None:
+                rec.set_summary(head=prepared.head)
+            if hasattr(task, "save_artifacts"):  # e.g. the retrieval split, so attacks reuse it exactly
+                rec.set_summary(**task.save_artifacts(bundle, ckpt_dir, root=store.artifacts))
+            if prior is not None:
+                done = _take_over(prior, store, rec, model, opt, sched, prepared.meta, spec, ckpt_dir)
+                _say(console, f"resuming run {prior.run_id} from epoch {prior.epoch} (run {rec.run_id})")
+            else:
+                done = _Progress()
+                _log_alignment(rec, model, 0)
+                if kept(spec, 0):
+                    keep_epoch(rec, ckpt_dir, model, prepared.meta, spec, 0)
+        # what the steps call: the model itself, or (several processes) checked and wrapped in DDP
+        step_model = distributed.replicate(model, world, device, opt, sched, steps=len(loader))
+        # precision, memory format of the batches, compiled or eager (training/step.py)
+        step = TrainStep(model, task.loss, opt, spec.compute, device, forward=step_model, console=console)
+        step.precision.load_state_dict(prior.state.get("scaler") if prior is not None else None)
         with _progress(console, quiet) as progress:
-            epochs = progress.add_task(f"{spec.kind} {spec.rule.name} run {rec.run_id}", total=spec.epochs,
+            epochs = progress.add_task(f"{spec.kind} {spec.rule.name} run {rec.run_id if rec else '-'}", total=spec.epochs,
                                        completed=done.epoch, info="")
             for epoch in range(done.epoch + 1, spec.epochs + 1):
                 t0 = time.perf_counter()
                 model.train()
-                seed_epoch(loader, spec.seed, epoch)
+                loader.set_epoch(epoch - 1)  # batches of (seed, epoch) alone: a resumed run draws what an uninterrupted one would
                 batches = progress.add_task(f"  epoch {epoch}", total=len(loader), info="")
                 loss_sum, n, metric_sums = 0.0, 0, {}
                 for x, y in loader:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    out = model(x)
-                    loss = task.loss(out, y)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss became {float(loss.detach())} at epoch {epoch}; lower the learning rate")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    out, loss = step(x, y, epoch)  # forward, loss check, backward, optimiser step
                     if done.first_loss is None:
                         done.first_loss = float(loss.detach())
                     loss_sum += float(loss.detach()) * len(y)
@@ -413,9 +431,12 @@ def run_training(
                         metric_sums[k] = metric_sums.get(k, 0.0) + v * len(y)
                     progress.update(batches, advance=1, info=f"loss {loss_sum / n:.4f}")
                 progress.remove_task(batches)
+                loss_sum, n, metric_sums = distributed.epoch_totals(world, loss_sum, n, metric_sums)
                 lr = opt.param_groups[0]["lr"]  # the rate this epoch trained with, before the scheduler moves it
                 if sched is not None:
                     sched.step()
+                if rec is None:  # the other processes only train
+                    continue
                 train_metrics = {"loss": loss_sum / n, **{k: v / n for k, v in metric_sums.items()}, "lr": lr}
                 rec.log_epoch(epoch, "train", train_metrics, seconds=time.perf_counter() - t0)
                 first_loss = done.first_loss
@@ -446,7 +467,7 @@ def run_training(
                 # its own, whose weights are then the best (see _best_fits)
                 save_resume_state(resume_path, run_id=rec.run_id, epoch=epoch, model=model, optimizer=opt, scheduler=sched,
                                   best_score=done.best_score, best_epoch=done.best_epoch, first_loss=done.first_loss,
-                                  diverged=done.diverged)
+                                  diverged=done.diverged, scaler=step.precision.state_dict())
                 if improved:
                     save_checkpoint(ckpt_dir / "best.pt", model, prepared.meta, spec, epoch=epoch, run_id=rec.run_id)
                 if prior is not None:  # this run's own state supersedes its predecessor's (large: optimiser state)
@@ -457,6 +478,8 @@ def run_training(
                 progress.update(epochs, advance=1, info=info)
                 if on_epoch is not None:
                     on_epoch(epoch)
+        if rec is None:
+            return None
         best_epoch, best_score = done.best_epoch, done.best_score
         rec.add_checkpoint("last", ckpt_dir / "last.pt", epoch=spec.epochs)
         if best_epoch:
@@ -468,6 +491,8 @@ def run_training(
         for metric, value in test.items():
             rec.log_evaluation(metric, value, split="test", params={"checkpoint": select})
         rec.set_summary(selected=select if best_epoch or select == "last" else "last", best_epoch=best_epoch or None, **{f"test_{k}": v for k, v in test.items()})
+        if spec.compute.compile:  # False: torch.compile failed and the run trained eager (a warning said why)
+            rec.set_summary(compiled=step.ran_compiled)
         # finished: nothing left to resume (the files hold optimiser state: large)
         resume_path.unlink(missing_ok=True)
         if prior is not None:

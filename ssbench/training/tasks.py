@@ -29,11 +29,15 @@ class Task(Protocol):
 def evaluate_classifier(
     model: nn.Module, dataset, device: torch.device, batch_size: int = 512  # noqa: ANN001
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of `model` on `dataset` (eval mode, restored after)."""
+    """Accuracy and mean cross-entropy of `model` on `dataset` (eval mode, restored after).
+
+    Always fp32 and eager, whatever the run's compute.precision and compile: a model's scores do not
+    depend on how it was trained, and its test accuracy is the clean accuracy an (fp32) attack job
+    measures. Evaluation is a forward pass per epoch, a small share of the training cost."""
     was_training = model.training
     model.eval()
     correct, loss_sum, n = 0, 0.0, 0
-    for x, y in make_loader(dataset, batch_size, shuffle=False):
+    for x, y in make_loader(dataset, batch_size, shuffle=False, device=device):
         x, y = x.to(device), y.to(device)
         out = model(x)
         loss_sum += float(F.cross_entropy(out, y, reduction="sum"))
