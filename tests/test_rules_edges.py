@@ -198,3 +198,17 @@ def test_brsf_step_number_follows_the_buffer_without_reading_it_each_step() -> N
     twin_layer = next(m for m in twin.modules() if hasattr(m, "_step_number"))
     torch.nn.functional.cross_entropy(twin(x), y).backward()
     assert twin_layer._step_number() == int(twin_layer.feedback_step) == 11
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "dfa"])
+def test_weight_gradients_keep_the_weights_layout(rule: str) -> None:
+    """A one-channel conv's weight gradient has the weight's strides (DDP copies, and warns, otherwise)
+    and, in channels-last, channels-last ones."""
+    torch.manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = convert(nn.Sequential(nn.Conv2d(1, 6, 5), nn.Flatten(), nn.Linear(6 * 4 * 4, 3)), rule, seed=0)
+        model = model.to(memory_format=fmt)
+        x = torch.rand(4, 1, 8, 8).contiguous(memory_format=fmt)
+        model(x).sum().backward()
+        conv = model[0]
+        assert conv.weight.grad.stride() == conv.weight.stride()

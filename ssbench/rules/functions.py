@@ -50,6 +50,15 @@ def autocast_like(state: AutocastState) -> Any:
     return torch.autocast(state[0], dtype=state[2], enabled=state[1])
 
 
+def _like_strides(grad: Tensor | None, stride: tuple[int, ...]) -> Tensor | None:
+    """The weight gradient laid out as the weight is. cuDNN may return other strides where a dimension
+    has size 1 (a one-channel input: the same values either way), and DistributedDataParallel then
+    copies every gradient into its bucket, with a warning, on each step."""
+    if grad is None or grad.stride() == stride:
+        return grad
+    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
 def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
     return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
 
@@ -110,6 +119,7 @@ class FeedbackConv2dFn(Function):
     ) -> Tensor:
         ctx.autocast = autocast_state(x)
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        ctx.w_stride = weight.stride()
         ctx.in_shape = x.shape  # the layer's real input (before any pre_pad)
         x = autocast_cast(x, ctx.autocast)
         if pre_pad is not None:
@@ -137,7 +147,7 @@ class FeedbackConv2dFn(Function):
             )
             if need_x and ctx.direct is not None:
                 grad_x = ctx.direct.input_grad(ctx.in_shape, grad_out.dtype)
-        return (_cast(grad_x, x_dtype), _cast(grad_w, w_dtype), None, _cast(grad_b, b_dtype),
+        return (_cast(grad_x, x_dtype), _like_strides(_cast(grad_w, w_dtype), ctx.w_stride), None, _cast(grad_b, b_dtype),
                 None, None, None, None, None)
 
 
