@@ -323,6 +323,12 @@ def test_labels_from_stored_configs():
     assert model_label(cfg, "x") == "resnet18[pretrained]"
     assert dataset_label(cfg, "x") == "cifar10[0,2,4]"
     assert rule_label({"rule": "bp"}, "bp") == "bp" and model_label(None, "lenet") == "lenet"  # configs of other shapes
+    assert model_label({"model": {"name": "resnet18", "weights": "/w/resnet18.pth"}}, "x") == "resnet18[pretrained]"
+    # how a job ran is not a variant (seeds of a bf16 run on 1 or 2 GPUs average); its precision is
+    from ssbench.report.variants import _other_keys
+
+    compute = {"precision": "bf16", "channels_last": True, "compile": True, "workers": 4, "gpus": 2}
+    assert _other_keys({"compute": compute, "model": {"name": "resnet18", "weights": "/w/r.pth"}}) == {"compute.precision": "bf16"}
     assert sorted(["ifa(θ=45)", "fa", "ifa(θ=5)", "bp", "ifa(θ=15)"], key=rule_sort_key) == \
         ["bp", "fa", "ifa(θ=5)", "ifa(θ=15)", "ifa(θ=45)"]
 

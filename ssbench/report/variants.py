@@ -31,11 +31,13 @@ CHILD_KINDS = ("attack", "analysis")
 SEED_LIKE = {
     "seed", "rule.seed", "data.split_seed", "source", "recipe", "tags", "device", "deterministic",
     "data.data_dir", "data.download", "eval_batch_size", "track_alignment", "track_grad_alignment",
+    # how the job used the hardware: rounding at most (precision, which changes the arithmetic, is a variant)
+    "compute.channels_last", "compute.compile", "compute.workers", "compute.gpus",
 }
 # Keys that the labels already show.
 LABELLED = {
     "kind", "task", "rule", "rule.name", "rule.theta", "rule.skip", "model", "model.name", "model.hidden",
-    "model.pretrained", "data.name", "data.classes", "data.train_limit", "hashing.bits",
+    "model.pretrained", "model.weights", "data.name", "data.classes", "data.train_limit", "hashing.bits",
     "weight_vars", "feedback_vars",  # a trainability map's grid: its table shows every cell's variances
 }
 
@@ -72,7 +74,7 @@ def model_label(config: dict[str, Any] | None, name: Any) -> str:
     opts = []
     if spec.get("hidden"):
         opts.append(_widths(spec["hidden"]))
-    if spec.get("pretrained"):
+    if spec.get("pretrained") or spec.get("weights"):  # torchvision's weights, downloaded or from a file
         opts.append("pretrained")
     return f"{base}[{', '.join(opts)}]" if opts else base
 
