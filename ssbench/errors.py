@@ -43,3 +43,20 @@ class ArtifactError(CheckpointError):
 class StorageError(SsbenchError):
     """A write was refused by the file system or the database: no space left, read-only, permission
     denied. The message names what was being written and where."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM as an exception (exit status 128 + 15), so the running job's store context marks its
+    run failed, saying why, instead of leaving it 'running' or recording a bare exit code."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(128 + signum)
+
+    def __str__(self) -> str:
+        return ("ended by SIGTERM: a scheduler or `kill`, or a launcher (torchrun, ssbench --gpus) ending a "
+                "data-parallel job after another of its processes failed")
+
+
+def raise_terminated(signum: int, _frame: object) -> None:
+    """A SIGTERM handler: `signal.signal(signal.SIGTERM, raise_terminated)`."""
+    raise Terminated(signum)

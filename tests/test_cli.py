@@ -164,3 +164,38 @@ def test_unmet_recipe_requirement_is_one_line(tmp_path: Path, monkeypatch: pytes
     result = runner.invoke(app, ["run", str(recipe), *_db(tmp_path)])
     assert result.exit_code == 2
     assert "recipe big requires a GPU" in _error_line(result)
+
+
+def test_sigterm_marks_the_run_failed_saying_why(tmp_path: Path) -> None:
+    """A scheduler's (or torchrun's) SIGTERM: exit status 143 and a failed run that says what ended it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ssbench.store import open_store
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ssbench", "train", "--rule", "fa", "--dataset", "digits", "--image-size", "28",
+         "--epochs", "500", "--db", url, "--quiet"],
+        env={**os.environ, "SSBENCH_HOME": str(tmp_path / "home")}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if (tmp_path / "r.db").exists():
+                runs = open_store(url).frame_runs()
+                if len(runs) and (runs["status"] == "running").all():
+                    break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    run = open_store(url).frame_runs().iloc[0]
+    assert run["status"] == "failed"
+    assert run["error"].startswith("Terminated: ended by SIGTERM"), run["error"]

@@ -50,7 +50,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ssbench.errors import CheckpointError, SpecError, SsbenchError
+from ssbench.errors import CheckpointError, SpecError, SsbenchError, raise_terminated
 from ssbench.specs import TrainSpec
 from ssbench.training.checkpoint import RESUME_FILE, read_resume_state, resolve_checkpoint
 from ssbench.training.device import resolve_device
@@ -345,12 +345,6 @@ class _Job:
     relay_epochs: bool
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    # SIGTERM (the parent ending the job after another process failed) becomes an exception, so rank
-    # 0's run context records the failure where it can
-    raise SystemExit(128 + signum)
-
-
 def _portable(err: BaseException) -> bytes | None:
     try:
         data = pickle.dumps(err)
@@ -368,7 +362,7 @@ def _worker(rank: int, job: _Job, events: Any) -> None:
     """One spawned process of the job (torch.multiprocessing calls it with its index)."""
     from ssbench.store.store import error_line
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, raise_terminated)  # the parent ending the job after another process failed
     torch.set_num_threads(job.threads)
     world = World(rank, job.spec.compute.gpus, rank)
     try:
