@@ -170,10 +170,7 @@ def check_plan(recipe: Recipe, ov: Overrides = Overrides(), max_jobs: int | None
     if max_jobs is not None and n > max_jobs:
         raise SpecError(f"recipe {recipe.name} expands to {n:,} jobs (limit {max_jobs:,}); "
                         f"pass --max-jobs {n} to run it anyway, or fewer seeds / models / rules")
-    stages = [recipe.data] + [(recipe.finetune.for_rule(e).data or recipe.data) for e in recipe.finetune.rules]
-    if recipe.pretrain is not None:
-        stages.append(recipe.pretrain.data or recipe.data)
-    for data in dict.fromkeys(stages):
+    for data in recipe.data_specs():
         check_data(data)
     return n
 

@@ -43,15 +43,10 @@ def downloads(recipe: Recipe) -> list[tuple[str, bool]]:
 
     out = [(f"{m.name}'s pretrained weights", m.weights is not None or cached_weights(m.name.lower()) is not None)
            for m in recipe.models if m.pretrained or m.weights is not None]
-    stages = [s for s in (recipe.pretrain, recipe.finetune) if s is not None]
-    stages += [recipe.finetune.for_rule(e) for e in recipe.finetune.rules]
-    seen: list = []
-    for data in [recipe.data] + [s.data for s in stages if s.data is not None]:
-        if data not in seen:
-            seen.append(data)
-            local = on_disk(data)
-            if local is not None:
-                out.append((f"{data.name} (not in {data.data_dir or 'the default places'})", local))
+    for data in recipe.data_specs():
+        local = on_disk(data)
+        if local is not None:
+            out.append((f"{data.name} (not in {data.data_dir or 'the default places'})", local))
     return out
 
 

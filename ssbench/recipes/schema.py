@@ -171,6 +171,13 @@ class Recipe(Spec):
     report: ReportStage | None = None
     resources: Resources = Resources()
 
+    def data_specs(self) -> list[DataSpec]:
+        """Every distinct data set the recipe's training stages read (a stage's own, else the recipe's)."""
+        stages = [self.data] + [(self.finetune.for_rule(e).data or self.data) for e in self.finetune.rules]
+        if self.pretrain is not None:
+            stages.append(self.pretrain.data or self.data)
+        return list(dict.fromkeys(stages))
+
     @field_validator("models", mode="before")
     @classmethod
     def _one_model(cls, v: Any) -> Any:

@@ -118,8 +118,10 @@ def reinit_(layer: nn.Module, init: Init, weight_var: float | None, seed: int, l
                 layer.bias.zero_()
 
 
-def _mixed_seed(seed: int, layer_index: int, step: int) -> int:
-    return (seed * 1_000_003 + layer_index * 7_919 + step * 104_729) % (2**63 - 1)
+def mixed_seed(seed: int, index: int, step: int) -> int:
+    """One seed from (seed, index, step): a layer's stream per step here, a data-parallel rank's per
+    epoch in training/distributed.py."""
+    return (seed * 1_000_003 + index * 7_919 + step * 104_729) % (2**63 - 1)
 
 
 def layer_generator(
@@ -130,7 +132,7 @@ def layer_generator(
     `reuse` re-seeds an existing generator, of any device, instead of building one (brsf re-seeds
     its layer's device generator every step)."""
     gen = reuse if reuse is not None else torch.Generator(device="cpu")
-    return gen.manual_seed(_mixed_seed(seed, layer_index, step))
+    return gen.manual_seed(mixed_seed(seed, layer_index, step))
 
 
 def draw_normal(shape: torch.Size, like: Tensor, gen: torch.Generator) -> Tensor:

@@ -51,6 +51,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from ssbench.errors import CheckpointError, SpecError, SsbenchError, raise_terminated
+from ssbench.rules.base import mixed_seed
 from ssbench.specs import TrainSpec
 from ssbench.training.checkpoint import RESUME_FILE, read_resume_state, resolve_checkpoint
 from ssbench.training.device import resolve_device
@@ -234,7 +235,7 @@ def seed_rank(seed: int, world: World, epoch: int) -> None:
     masks; a function of (seed, rank, epoch it starts after), as a resumed run needs. Rank 0 keeps the
     single process's stream (and a resumed run's saved one)."""
     if not world.main:
-        torch.manual_seed((seed * 1_000_003 + world.rank * 7_919 + epoch * 104_729) % (2**63 - 1))
+        torch.manual_seed(mixed_seed(seed, world.rank, epoch))
 
 
 def epoch_totals(world: World, loss_sum: float, n: int, metric_sums: dict[str, float]) -> tuple[float, int, dict[str, float]]:
