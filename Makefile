@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SSBENCH := $(VENV)/bin/ssbench
 
-.PHONY: setup data postgres quickstart test bench clean
+.PHONY: setup data postgres paper-tools quickstart test bench clean
 
 $(PY):
 	$(shell command -v $(PYTHON) >/dev/null 2>&1 && echo $(PYTHON) || echo python3) -m venv $(VENV)
@@ -34,10 +34,19 @@ postgres:
 	  else echo "note: PostgreSQL is not installed; the PostgreSQL store tests will be skipped"; fi; \
 	fi
 
+# The report tests compile LaTeX with pdflatex and open the HTML report in headless Chromium.
+paper-tools:
+	@if ! command -v pdflatex >/dev/null 2>&1 || ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	      chromium texlive-latex-base texlive-latex-recommended lmodern; \
+	  else echo "note: pdflatex / chromium missing; the LaTeX and HTML report tests will be skipped"; fi; \
+	fi
+
 quickstart: setup data
 	$(SSBENCH) run recipes/quickstart.yaml
 
-test: setup data postgres
+test: setup data postgres paper-tools
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench: setup data

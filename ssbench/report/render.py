@@ -10,45 +10,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from ssbench.printing import SafeConsole
+from ssbench.report.cells import cells, is_numeric_column
+from ssbench.report.latex import to_latex
 
 Format = Literal["terminal", "markdown", "latex", "csv"]
 FORMATS: tuple[Format, ...] = ("terminal", "markdown", "latex", "csv")
 SUFFIX = {"terminal": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
-NUMERIC_HINT = ("±", "/255", "px")
-
-
-def _cells(df: pd.DataFrame) -> list[list[str]]:
-    return [["" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v) for v in row]
-            for row in df.itertuples(index=False, name=None)]
-
-
-def _is_numeric_column(values: list[str]) -> bool:
-    """Numbers, possibly with ' ± std', ' [lo, hi]' and a '!' flag; 'n/a (why)' and '-' cells are
-    missing numbers, not text."""
-    filled = [v.rstrip("!") for v in values if v and not v.startswith("n/a") and v != "-"]
-    if not filled:  # a column of missing numbers only ('-' = not run) is still a number column
-        return any(v == "-" or v.startswith("n/a") for v in values)
-    ok = 0
-    for v in filled:
-        try:
-            float(v.split(" ")[0])
-            ok += 1
-        except ValueError:
-            pass
-    return ok == len(filled)
 
 
 def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None) -> Table:
     """Label and number columns keep their full width (never squeezed to '…'); long free text wraps.
     When the table would not fit `width` columns, text columns wrap too (numbers never do)."""
-    cells = _cells(df)
+    rows = cells(df)
 
     def build(tight: bool) -> Table:
         # titles carry labels like mlp[256x3]: text, not rich markup
         table = Table(title=None if title is None else escape(title), title_justify="left", header_style="bold")
         for j, col in enumerate(df.columns):
-            values = [r[j] for r in cells]
-            numeric = _is_numeric_column(values)
+            values = [r[j] for r in rows]
+            numeric = is_numeric_column(values)
             longest = max([len(str(col)), *map(len, values)])
             widest_value = max([1, *map(len, values)])
             if numeric and tight and " " in str(col):  # the header wraps at its spaces, the numbers never do
@@ -59,7 +39,7 @@ def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None
                 table.add_column(escape(str(col)), justify="right" if numeric else "left", no_wrap=True, min_width=longest)
             else:  # long text shares what is left, in proportion to its length
                 table.add_column(escape(str(col)), overflow="fold", ratio=longest, min_width=min(longest, 10))
-        for row in cells:
+        for row in rows:
             table.add_row(*[f"[bold red]{escape(c)}[/]" if c.endswith("!") else escape(c) for c in row])
         return table
 
@@ -84,35 +64,13 @@ def to_markdown(df: pd.DataFrame, title: str | None = None) -> str:
     def esc(s: str) -> str:
         return s.replace("|", r"\|")
 
-    cells = _cells(df)
+    rows = cells(df)
     header = [esc(str(c)) for c in df.columns]
-    align = ["---:" if _is_numeric_column([r[j] for r in cells]) else ":---" for j in range(len(header))]
+    align = ["---:" if is_numeric_column([r[j] for r in rows]) else ":---" for j in range(len(header))]
     lines = [f"### {title}", ""] if title else []
     lines.append("| " + " | ".join(header) + " |")
     lines.append("| " + " | ".join(align) + " |")
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
-
-
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def latex_escape(s: str) -> str:
-    out = "".join(LATEX_SPECIAL.get(ch, ch) for ch in s)
-    # rule labels carry θ (ifa(θ=30)); pdflatex has no glyph for the Unicode letters
-    return out.replace("±", r"$\pm$").replace("θ", r"$\theta$").replace("ε", r"$\varepsilon$")
-
-
-def to_latex(df: pd.DataFrame, title: str | None = None) -> str:
-    """A booktabs tabular (\\usepackage{booktabs}); wrap it in a table float yourself."""
-    cells = _cells(df)
-    spec = "".join("r" if _is_numeric_column([r[j] for r in cells]) else "l" for j in range(len(df.columns)))
-    lines = [f"% {title}" if title else "% ssbench table", f"\\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    lines.append(" & ".join(latex_escape(str(c)) for c in df.columns) + r" \\")
-    lines.append(r"\midrule")
-    lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in cells]
-    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
