@@ -155,7 +155,7 @@ def test_old_absolute_rows_keep_working(tmp_path: Path) -> None:
 
 def test_the_retrieval_split_is_relative_and_moves_with_the_folder(tmp_path: Path) -> None:
     from ssbench.data import load_data
-    from ssbench.retrieval.attack_suite import recorded_split
+    from ssbench.retrieval.scoring import recorded_split
 
     old = tmp_path / "old"
     store = open_store(f"sqlite:///{old / 'r.db'}")

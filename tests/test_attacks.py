@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
-from ssbench.attacks import ATTACKS, eval_guard, gradient_source, run_sweep, select_indices
+from ssbench.attacks import ATTACKS, eval_guard, gradient_source, run_sweep, select_indices, suite_attacks
 from ssbench.attacks.base import seeded
 from ssbench.errors import SsbenchError
 from test_attacks_common import Scaled, accuracy, digits, trained
@@ -39,7 +39,8 @@ class Counting(nn.Module):
         return self.net(x)
 
 
-BUDGETED = [n for n in ATTACKS.names() if not ATTACKS.get(n).minimum_norm]
+CLASSIFIERS = suite_attacks("all")  # the hashing suite's attacks need a hashing model (test_retrieval_attacks.py)
+BUDGETED = [n for n in CLASSIFIERS if not ATTACKS.get(n).minimum_norm]
 LINF = [n for n in BUDGETED if ATTACKS.get(n).norm == "linf"]
 
 
@@ -144,7 +145,7 @@ def test_fast_sweep_equals_naive_torchattacks_loop_for_fgsm():
     assert naive.params[1]["sweep"] == "per-eps"
 
 
-@pytest.mark.parametrize("name", ATTACKS.names())
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_model_stays_eval_and_batchnorm_buffers_unchanged(name):
     x, y = batch(12)
     model = trained("bp", "cnn")

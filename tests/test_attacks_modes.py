@@ -193,7 +193,7 @@ def test_eps0_check_is_per_example_when_clean_predictions_are_given():
     clean = torch.arange(100) < 90
     swapped = clean.clone()
     swapped[0], swapped[95] = False, True
-    c = SweepCurve(attack="pgd", mode="exact", n=100, eps=[0.0], correct=[swapped])
+    c = SweepCurve(attack="pgd", mode="exact", n=100, eps=[0.0], scores=[swapped])
     by_count = curve_checks([c], 0.9, 10)
     per_example = curve_checks([c], 0.9, 10, clean_correct=clean)
     assert [k.passed for k in by_count if k.name == "eps0_equals_clean"] == [True]

@@ -1,4 +1,5 @@
-"""A tiny hashing model on digits: trained with CSQ, then attacked (HAG, SDHA, FGSM/PGD-hash, HSJ-label)."""
+"""A tiny hashing model on digits: trained with CSQ, then attacked (HAG, SDHA, FGSM/PGD-hash, HSJ-label)
+through the one attack engine (ssbench.attacks: run_sweep with retrieval's scorer)."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -8,16 +9,16 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from ssbench.attacks.modes import gradient_source
+from ssbench.attacks import ATTACKS, QUERY_MODE, curve_checks, gradient_source, run_sweep
 from ssbench.data import TensorImageDataset
-from ssbench.retrieval.attack_suite import run_hashing_suite
-from ssbench.retrieval.attacks import HASH_ATTACKS, Knowledge, RetrievalLabeler
+from ssbench.errors import SpecError
 from ssbench.retrieval.heads import HashHead
-from ssbench.retrieval.metrics import binarize, mean_average_precision, relevance
+from ssbench.retrieval.metrics import average_precision, binarize, mean_average_precision
 from ssbench.retrieval.protocol import encode
+from ssbench.retrieval.scoring import Reference, RetrievalLabeler, RetrievalScore, build_sets, retrieval_pool
 from ssbench.retrieval.task import HashingTask
 from ssbench.rules import convert
-from ssbench.specs import AttackSpec, HashSpec
+from ssbench.specs import HashSpec
 
 BITS = 16
 
@@ -89,11 +90,11 @@ def test_hag_sdha_lower_map_in_exact_mode(trained, name):
         assert torch.equal(binarize(rule_model(x)), binarize(model(x)))
     clean = mean_average_precision(binarize(model(x)).detach(), dc, y, dl, 1000)
     train_codes, train_labels = encode(model, task.train_dataset(bundle), "cpu")
-    know = Knowledge(binarize(train_codes), relevance(y, train_labels))
-    atk = HASH_ATTACKS.get(name)(steps=30, seed=0)
+    know = Reference(binarize(train_codes), train_labels)
+    atk = ATTACKS.get(name)(steps=30, seed=0)
     with gradient_source("exact", rule_model) as gm:
-        same = atk.perturb(gm, x, 0.0, know)
-        adv = atk.perturb(gm, x, 0.1, know)
+        same = atk.perturb(gm, x, y, 0.0, reference=know)
+        adv = atk.perturb(gm, x, y, 0.1, reference=know)
     assert torch.equal(same, x)
     with torch.no_grad():
         robust = mean_average_precision(binarize(rule_model(adv)), dc, y, dl, 1000)
@@ -117,8 +118,8 @@ def test_hsj_label_and_labeler(trained):
     train = task.train_dataset(bundle)
     px = torch.stack([train[i][0] for i in range(0, 1000, 5)])
     py = torch.tensor([train[i][1] for i in range(0, 1000, 5)])
-    atk = HASH_ATTACKS.get("hsj-label")(steps=3, seed=0)
-    adv, dist = atk.min_distance(lab, x, y, px, py)
+    atk = ATTACKS.get("hsj-label")(steps=3, seed=0)
+    adv, dist = atk.min_distance(lab, x, y, pool_x=px, pool_y=py)
     ok = torch.isfinite(dist)
     assert ok.any()
     # where a distance is reported the retrieval label really changed, at that L-inf distance
@@ -127,60 +128,97 @@ def test_hsj_label_and_labeler(trained):
     assert torch.allclose(got, dist[ok], atol=1e-5)
 
 
-def test_suite_end_to_end(trained):
+def _sets(task, bundle, model, n):
+    return build_sets(model, bundle, n, torch.device("cpu"), queries_per_class=20, train_per_class=100)
+
+
+def test_hashing_sweeps_through_the_engine(trained):
+    """Every hashing attack through run_sweep with the retrieval scorer: eps 0 is the clean mAP, each
+    point's mAP equals an independent recomputation from the attack's own adversarials (same seeds:
+    call = eps index * 100003 + batch offset), and the sanity checks pass on them."""
     task, bundle, model = trained
     target = convert(__import__("copy").deepcopy(model), "frsf", seed=0)
-    spec = AttackSpec(target="x", suite="hashing", modes=("feedback", "exact"), eps=(0.0, 0.1), n_examples=40,
-                      batch_size=20, steps=3, attacks=("hag", "fgsm-hash", "pgd-hash", "sdha", "hsj-label"))
-    sweeps, checks = [], []
-    res = run_hashing_suite(target, None, bundle, spec, "cpu", on_sweep=sweeps.append, on_sanity=checks.append,
-                            queries_per_class=20, train_per_class=100)
-    assert len(sweeps) == 4 * 2 + 1  # one sweep per attack x mode (hsj once, mode "query")
-    pts = res.points
-    assert len(pts) == (4 * 2 + 1) * 2 and all(p["metric"] == "map@1000" and p["n"] == 40 for p in pts)
-    # independent check of the clean value: the task's codes of the same 40 queries
-    x, y, dc, dl, qc, _, _ = query_setup(task, bundle, model, n=40)
-    assert res.clean["map@1000"] == pytest.approx(mean_average_precision(qc, dc, y, dl, 1000), abs=1e-9)
-    for p in pts:
-        if p["epsilon"] == 0:
-            assert p["robust"] == pytest.approx(res.clean["map@1000"], abs=1e-12)
-    names = {c["name"] for c in res.checks}
-    assert {"eps0-reproduces-clean", "perturbation-within-budget", "map-falls-at-max-eps"} <= names
-    assert all(c["passed"] for c in res.checks if c["name"] in ("eps0-reproduces-clean", "perturbation-within-budget"))
-    assert {(p["attack"], p["mode"]) for p in pts} >= {("hag", "exact"), ("hsj-label", "query")}
+    sets = _sets(task, bundle, model, 40)
+    scorer = RetrievalScore(target, sets, 20, torch.device("cpu"))
+    x, y = sets.query_x, sets.query_y
+    _, _, dc, dl, qc, _, _ = query_setup(task, bundle, model, n=40)
+    clean = mean_average_precision(qc, dc, y, dl, 1000)  # the task's own codes of the same queries
+    ref = Reference(sets.train_codes, sets.train_labels)
+    grid = (0.0, 0.05, 0.1)
+    curves = []
+    for name in ("hag", "fgsm-hash", "pgd-hash", "sdha", "hsj-label"):
+        cls = ATTACKS.get(name)
+        atk = cls(steps=None if cls.single_step else 3, seed=0)
+        for mode in (("feedback", "exact") if atk.uses_gradients else (QUERY_MODE,)):
+            with gradient_source(mode, target) as g:
+                c = run_sweep(atk, scorer, g, x, y, grid, mode=mode, batch_size=20, pool=retrieval_pool(sets, 0),
+                              reference=ref)
+                curves.append(c)
+                assert c.metric == "map@1000" and not c.binary and c.n == 40
+                assert c.at(0.0) == pytest.approx(clean, abs=1e-9)
+                if atk.minimum_norm:
+                    assert all(p["sweep"] == "minimum-norm" for p in c.params)
+                    continue
+                for k, eps in enumerate(grid[1:], start=1):  # by hand: the same calls, then plain mAP
+                    adv = torch.cat([atk.perturb(g, x[b : b + 20], y[b : b + 20], eps, call=k * 100_003 + b, reference=ref)
+                                     for b in range(0, 40, 20)])
+                    assert (adv - x).abs().max() <= eps + 1e-6
+                    ap = average_precision(binarize(target(adv)).detach(), dc, y, dl, 1000)
+                    assert torch.allclose(c.scores[k], ap, atol=1e-6)
+                    assert c.extras[k]["map@5000"] == pytest.approx(
+                        mean_average_precision(binarize(target(adv)).detach(), dc, y, dl, 5000), abs=1e-6)
+    assert min(c.at(0.1) for c in curves) < clean - 0.05  # the attacks do something
+    clean_scores = scorer.score(x, torch.arange(40))["map@1000"]
+    checks = curve_checks(curves, clean, 10, clean_correct=clean_scores, chance=scorer.chance)
+    names = {c.name for c in checks}
+    assert {"eps0_equals_clean", "iterative_le_single_step", "exact_le_feedback", "whitebox_le_blackbox"} <= names
+    assert all(c.passed for c in checks if c.name == "eps0_equals_clean")
 
 
-def test_hashing_sweeps_records(trained):
-    store = pytest.importorskip("ssbench.store")
-    if not hasattr(store, "SweepPoint"):
-        pytest.skip("ssbench.store records not built yet")
-    from ssbench.retrieval.attack_suite import hashing_sweeps
-    from ssbench.specs import TrainSpec
-
+def test_one_engine_scores_classification_and_hashing(trained):
+    """The same run_sweep call, a classifier and a hashing model: each curve's scores are the task's
+    own metric of the adversarials the attack returns (accuracy: argmax == label; hashing: AP@1000)."""
     task, bundle, model = trained
+    torch.manual_seed(0)
+    clf = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    xs = torch.stack([bundle.train[i][0] for i in range(300)])
+    ys = torch.tensor([int(bundle.train[i][1]) for i in range(300)])
+    opt = torch.optim.Adam(clf.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(clf(xs), ys).backward()
+        opt.step()
+    x, y = xs[:40], ys[:40]
+    sets = _sets(task, bundle, model, 40)
+    _, _, dc, dl, _, _, _ = query_setup(task, bundle, model, n=40)
+    for target, judge, xx, yy in (
+        (clf.eval(), clf, x, y),
+        (RetrievalScore(model, sets, 64, torch.device("cpu")), None, sets.query_x, sets.query_y),
+    ):
+        name = "pgd" if judge is not None else "pgd-hash"
+        atk = ATTACKS.get(name)(steps=5, seed=0)
+        g = clf if judge is not None else model
+        curve = run_sweep(atk, target, g, xx, yy, (0.0, 0.1), mode="exact", fast=False)
+        adv = atk.perturb(g, xx if judge is None else xx[curve.scores[0]], yy if judge is None else yy[curve.scores[0]],
+                          0.1, call=100_003)
+        if judge is not None:  # attacked: the clean-correct ones; the rest count as broken
+            expect = torch.zeros(40, dtype=torch.bool)
+            expect[curve.scores[0].nonzero().flatten()] = judge(adv).argmax(1) == y[curve.scores[0]]
+            assert torch.equal(curve.scores[1], expect) and curve.binary and curve.metric == "accuracy"
+        else:
+            ap = average_precision(binarize(model(adv)).detach(), dc, yy, dl, 1000)
+            assert torch.allclose(curve.scores[1], ap, atol=1e-6) and not curve.binary
+        points = curve.to_points()  # the same store records
+        assert [p.metric for p in points] == [curve.metric] * 2
+        assert (points[1].correct is None) == (judge is None)
 
-    class Recorder:
-        def __init__(self):
-            self.sweeps, self.sanity, self.evals = [], [], []
 
-        def add_sweep(self, points):
-            self.sweeps.append(points)
-
-        def add_sanity(self, checks):
-            self.sanity += checks
-
-        def log_evaluation(self, metric, value, split="test", params=None):
-            self.evals.append((metric, value, split))
-
-        def set_summary(self, **kv):
-            self.summary = kv
-
-    target = SimpleNamespace(model=model, spec=TrainSpec(task="hashing"), run=SimpleNamespace(id="t"))
-    spec = AttackSpec(target="t", suite="hashing", modes=("exact",), eps=(0.0, 0.1), n_examples=20, steps=2, attacks=("hag",))
-    rec = Recorder()
-    hashing_sweeps(target, None, spec, rec, "cpu", bundle=bundle)
-    assert [m for m, _, _ in rec.evals] == ["map@1000", "map@5000", "map@all", "precision@1000"]
-    assert rec.summary == {"retrieval_split": {"source": "computed"}}  # the fake run recorded no split
-    (points,) = rec.sweeps
-    assert all(isinstance(p, store.SweepPoint) for p in points) and len(points) == 2
-    assert all(isinstance(c, store.SanityCheck) for c in rec.sanity)
+def test_hsj_label_needs_a_single_label_database(trained):
+    task, bundle, model = trained
+    sets = _sets(task, bundle, model, 8)
+    sets.db_labels = torch.nn.functional.one_hot(sets.db_labels, 10)  # as a multi-label data set
+    sets.query_y = torch.nn.functional.one_hot(sets.query_y, 10)
+    scorer = RetrievalScore(model, sets, 8, torch.device("cpu"))
+    assert scorer.query_model is None
+    with pytest.raises(SpecError, match="hsj-label: multi-label database: no retrieval label"):
+        run_sweep(ATTACKS.get("hsj-label")(steps=1), scorer, model, sets.query_x, sets.query_y, (0.0,), mode=QUERY_MODE)

@@ -150,11 +150,19 @@ def test_attack_prints_its_table_and_checks(hashing_runs: dict) -> None:
     for attack, mode, robust in zip(sw["attack"], sw["mode"], sw["robust"]):
         row = next(ln for ln in printed.splitlines() if f" {attack} " in ln and f" {mode} " in ln)
         assert f"{robust:.3f}" in row
-    assert "sanity checks:" in printed and "0 failed" in printed
+    # the same checks as classification: usf's feedback gradient is not the gradient of the target's
+    # codes (obfuscation), the exact one is; nothing else fails
+    checks = h["store"].frame_sanity()
+    checks = checks[checks["run_id"] == 3]
+    failed = checks[checks["passed"] == False]  # noqa: E712
+    assert list(zip(failed["name"], failed["mode"])) == [("gradient_consistency", "feedback")]
+    assert bool(checks[(checks["name"] == "gradient_consistency") & (checks["mode"] == "exact")]["passed"].iloc[0])
+    assert {"eps0_equals_clean", "iterative_le_single_step", "exact_le_feedback", "doubled_steps"} <= set(checks["name"])
+    assert "sanity checks:" in printed and "1 failed" in printed
 
 
 def test_attack_reuses_the_recorded_split(hashing_runs: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ssbench.retrieval.attack_suite as suite
+    import ssbench.retrieval.scoring as suite
 
     h = hashing_runs
     store = h["store"]

@@ -1,4 +1,5 @@
-"""Attacks: one per file, gradient modes, epsilon sweeps, sanity checks and the attack job.
+"""Attacks: one per file (classification and hashing, one registry), gradient modes, scorers,
+epsilon sweeps, sanity checks and the attack job.
 
     from ssbench.attacks import ATTACKS, gradient_source, run_sweep
     atk = ATTACKS.get("pgd")(steps=40, seed=0)
@@ -6,13 +7,15 @@
         curve = run_sweep(atk, target, g, x, y, resolve_eps("paper"), mode="exact")
 """
 from ssbench.attacks import apgd, boundary, fab, fgsm, hopskipjump, onepixel, pgd, square, tpgd  # noqa: F401
+from ssbench.attacks import fgsm_hash, hag, hsj_label, pgd_hash, sdha  # noqa: F401
 from ssbench.attacks.base import ATTACKS, Attack, eval_guard, suite_attacks
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
+from ssbench.attacks.scoring import Accuracy, Scorer
 from ssbench.attacks.sanity import Check, curve_checks, directional_agreement, gradient_consistency
 from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
 
 __all__ = [
-    "ATTACKS", "Attack", "eval_guard", "suite_attacks", "QUERY_MODE", "gradient_source", "Check",
+    "ATTACKS", "Accuracy", "Attack", "Scorer", "eval_guard", "suite_attacks", "QUERY_MODE", "gradient_source", "Check",
     "curve_checks", "directional_agreement", "gradient_consistency", "SweepCurve", "run_sweep",
     "select_indices", "stack_examples", "run_attack",
 ]

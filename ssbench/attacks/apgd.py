@@ -18,6 +18,7 @@ from ssbench.attacks.base import Attack, num_classes, register, run_torchattack
 class _APGD(Attack):
     suite = "whitebox"
     default_steps = 100
+    compared_with = "fgsm"  # sanity check iterative_le_single_step
     loss: ClassVar[str]
 
     def params(self, eps: float) -> dict[str, Any]:

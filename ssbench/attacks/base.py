@@ -10,6 +10,9 @@ Two shapes of attack exist:
   for one budget at a time;
 * minimum-norm attacks (Boundary, HopSkipJump) answer ``min_distance(...)`` once: the smallest
   adversarial they found and its L-inf distance; every epsilon is read off that one run.
+
+Classification and hashing attacks share this contract and the one registry (``suite`` tells them
+apart); how an adversarial is judged (accuracy, mAP) is the scorer's business, not the attack's.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from torch import Tensor, nn
 from ssbench.errors import SpecError
 from ssbench.registry import Registry
 
-Suite = Literal["whitebox", "blackbox"]
+Suite = Literal["whitebox", "blackbox", "hashing"]
 Norm = Literal["linf", "l0"]
 
 
@@ -47,11 +50,16 @@ class Attack:
     # sanity check doubled_steps reruns the attack with twice its iterations; False where that
     # costs too much for a check (one targeted run per class)
     doubling_check: ClassVar[bool] = True
+    # sanity check iterative_le_single_step: this attack must do at least as well as that single-step one
+    compared_with: ClassVar[str | None] = None
+    # True: ``_perturb`` also takes ``reference``, the labelled set the attacker knows (hashing: SDHA)
+    uses_reference: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {}  # options an attack always has (stored in its params)
 
     def __init__(self, *, steps: int | None = None, seed: int = 0, loss: str | None = None, **options: Any) -> None:
         self.steps = steps if steps is not None else self.default_steps
         self.seed = seed
-        self.options = options
+        self.options = {**self.defaults, **options}
         if self.loss_choices:
             if loss is not None and loss not in self.loss_choices:
                 raise SpecError(f"attack {self.name}: loss {loss!r} not one of {', '.join(self.loss_choices)}")
@@ -70,14 +78,17 @@ class Attack:
         return p
 
     # -- budgeted attacks ----------------------------------------------------------------------
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float, *, call: int = 0) -> Tensor:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float, *, call: int = 0,
+                reference: Any = None) -> Tensor:
         """Adversarial examples within ``eps`` of ``x``. eps = 0 returns ``x`` unchanged with no
         model call (torchattacks would run all its steps for nothing). ``call`` varies the seed
-        between batches / budgets while keeping every run reproducible."""
+        between batches / budgets while keeping every run reproducible. ``reference``: what the
+        attacker knows besides the image, passed on to the attacks that use one."""
         if eps == 0:
             return x.detach().clone()
+        known = {"reference": reference} if self.uses_reference else {}
         with eval_guard(model), seeded(self.seed * 1_000_003 + call, x.device):
-            adv = self._perturb(model, x, y, float(eps))
+            adv = self._perturb(model, x, y, float(eps), **known)
         return adv.detach()
 
     def _perturb(self, model: nn.Module, x: Tensor, y: Tensor, eps: float) -> Tensor:

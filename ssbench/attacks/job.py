@@ -16,6 +16,7 @@ from torch import nn
 
 from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, suite_attacks
 from ssbench.attacks.ensemble import ENSEMBLES
+from ssbench.attacks.examples import examples_for
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
 from ssbench.attacks.sanity import (
     CHECK_EXAMPLES,
@@ -25,8 +26,8 @@ from ssbench.attacks.sanity import (
     gradient_consistency,
     zero_gradients,
 )
-from ssbench.attacks.starting import predict
-from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
+from ssbench.attacks.scoring import Accuracy, Scorer
+from ssbench.attacks.sweep import SweepCurve, run_sweep
 from ssbench.errors import SpecError
 from ssbench.printing import SafeConsole
 from ssbench.specs import AttackSpec, resolve_eps
@@ -122,15 +123,15 @@ def find_surrogate(store: Any, target: Any, device: torch.device, ref: str | Non
 
 
 def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, quiet: bool = False) -> int:
-    """Run one attack job; returns the attack run's id."""
-    from ssbench.data import load_data
+    """Run one attack job; returns the attack run's id. Classification and hashing targets go through
+    the same engine: their examples and scorer differ (``examples.examples_for``), nothing else."""
     from ssbench.training.checkpoint import load_trained
     from ssbench.training.device import resolve_device
 
     console = console or SafeConsole(stderr=True)
     device = resolve_device(spec.device)
     target = load_trained(store, spec.target, device)
-    hashing = spec.suite == "hashing" or target.spec.task == "hashing"
+    check_suite(spec, target)
     modes: list[str] = list(spec.modes)
     surrogate, skipped = None, {}
     if "transfer" in modes and spec.surrogate is None and target_rule(target) == "bp":
@@ -139,7 +140,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
         modes.remove("transfer")
         skipped["transfer"] = BP_TRANSFER_NOTE
         console.print(f"[yellow]transfer mode skipped: {escape(BP_TRANSFER_NOTE)}[/]")
-    if "transfer" in modes or (hashing and spec.surrogate):
+    if "transfer" in modes:
         try:
             surrogate = find_surrogate(store, target, device, spec.surrogate)
         except SpecError as err:
@@ -155,64 +156,50 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
 
         target = at_training_precision(target)
         surrogate = at_training_precision(surrogate) if surrogate is not None else None
-    if skipped and hashing:
-        spec_run = spec.replace(modes=tuple(modes))
-    else:
-        spec_run = spec
-
-    run_kw = dict(
-        config=spec, seed=spec.seed, parent_id=target.run.id if target.run is not None else None,
-        rule=target.spec.rule.name, model=target.spec.model.name, dataset=target.spec.data.name,
-        task=target.spec.task, device=str(device), recipe=spec.recipe, tags=spec.tags,
-    )
-    if hashing:
-        from ssbench.retrieval.attack_suite import hashing_sweeps
-
-        with store.run("attack", **run_kw) as rec, _progress(console, quiet) as progress:
-            if skipped:
-                rec.set_summary(skipped_modes=skipped)
-            result = hashing_sweeps(target, surrogate, spec_run, rec, device, progress=progress)
-        rows: dict[tuple[str, str], dict[float, float]] = {}
-        for p in result.points:
-            rows.setdefault((p["attack"], p["mode"]), {})[p["epsilon"]] = p["robust"]
-        metric = result.points[0]["metric"] if result.points else "map@1000"
-        clean = result.clean.get(metric, float("nan"))
-        print_sweeps(console, f"attack run {rec.run_id}: {metric} under attack (clean {clean:.3f})",
-                     [(a, m, v) for (a, m), v in rows.items()])
-        print_checks(console, [Check(**c) for c in result.checks])
-        return rec.run_id
 
     names = attack_names(spec)
     names, skipped_attacks = defined_for(names, target.meta.num_classes, optional=spec.suite in ENSEMBLES and not spec.attacks)
     for why in skipped_attacks.values():
         console.print(f"[yellow]{escape(why)}[/]")
     eps_grid = resolve_eps(spec.eps)
-    bundle = load_data(target.spec.data)
-    indices = select_indices(len(bundle.test), spec.n_examples, spec.seed)
-    x, y = stack_examples(bundle.test, indices, device)
+    ex = examples_for(target, surrogate, spec, device)
+    x, y, scorer = ex.x, ex.y, ex.scorer
     model = target.model.eval()
     sur_model = surrogate.model.eval() if surrogate is not None else None
-    clean_correct = predict(model, x) == y
-    clean_acc = float(clean_correct.float().mean())
+    clean_scores = ex.clean_scores
+    clean = ex.clean[scorer.metric]
 
     jobs: list[tuple[Attack, str]] = []
     for name in names:
         atk = build_attack(name, spec)
+        if atk.minimum_norm and scorer.query_model is None:  # e.g. a multi-label database has no label to query
+            skipped_attacks[name] = f"{name} skipped: {scorer.no_query_model}"
+            console.print(f"[yellow]{escape(skipped_attacks[name])}[/]")
+            continue
         for mode in (modes if atk.uses_gradients else [QUERY_MODE]):
             jobs.append((atk, mode))
 
+    run_kw = dict(
+        config=spec, seed=spec.seed, parent_id=target.run.id if target.run is not None else None,
+        rule=target.spec.rule.name, model=target.spec.model.name, dataset=target.spec.data.name,
+        task=target.spec.task, device=str(device), recipe=spec.recipe, tags=spec.tags,
+    )
     # an ensemble's attacks share one chain of survivors: each attacks what the ones before left standing
-    standing = {float(e): clean_correct.clone() for e in eps_grid} if spec.suite in ENSEMBLES else None
+    standing = {float(e): clean_scores.clone() for e in eps_grid} if spec.suite in ENSEMBLES else None
     with store.run("attack", **run_kw) as rec:
-        rec.log_evaluation("accuracy", clean_acc, split="test", params={"n": len(indices), "clean": True})
+        if skipped:
+            rec.set_summary(skipped_modes=skipped)
+        for metric, value in ex.clean.items():
+            rec.log_evaluation(metric, value, split="test", params=ex.clean_params)
         curves: list[SweepCurve] = []
         with _progress(console, quiet) as progress:
             for atk, mode in jobs:
                 grid = atk.budget_grid or eps_grid
                 task = progress.add_task(escape(f"{atk.name} [{mode}]"), total=len(grid))
                 with gradient_source(mode, model, sur_model) as g:
-                    curve = run_sweep(atk, model, g, x, y, eps_grid, mode=mode, batch_size=spec.batch_size,
-                                      pool=(x, y), on_eps=lambda _e, t=task: progress.advance(t), standing=standing)
+                    curve = run_sweep(atk, scorer, g, x, y, eps_grid, mode=mode, batch_size=spec.batch_size,
+                                      pool=ex.pool, on_eps=lambda _e, t=task: progress.advance(t), standing=standing,
+                                      reference=ex.references.get(mode))
                 if standing is not None:
                     chain = [f"{c.attack}/{c.mode}" for c in curves]
                     for p in curve.params:
@@ -221,27 +208,37 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
                 rec.add_sweep(curve.to_points())  # one transaction per sweep
                 curves.append(curve)
 
+        standing_x = clean_scores > 0  # the examples the target gets (partly) right when clean
         checks = consistency_checks(modes if any(a.uses_gradients for a, _ in jobs) else [],
-                                    model, sur_model, x[clean_correct], y[clean_correct], spec.seed)
+                                    model, sur_model, x[standing_x], y[standing_x], spec.seed, scorer)
         for (atk, mode), curve in zip(jobs, curves):
             if atk.uses_gradients and atk.doubling_check and not (atk.single_step or atk.minimum_norm):
                 with gradient_source(mode, model, sur_model) as g:
-                    check = doubled_steps(atk, curve, model, g, x, y, clean_correct)
+                    check = doubled_steps(atk, curve, scorer, g, x, y, clean_scores, reference=ex.references.get(mode))
                 if check is not None:
                     checks.append(check)
-        checks += curve_checks(curves, clean_acc, bundle.num_classes, clean_correct=clean_correct)
+        checks += curve_checks(curves, clean, ex.num_classes, clean_correct=clean_scores, chance=scorer.chance)
         rec.add_sanity([c.to_record() for c in checks])
         worst = worst_case(curves)
         rec.set_summary(
-            indices=indices, n=len(indices), clean_accuracy=clean_acc,
+            **ex.summary, n=len(x), **{f"clean_{scorer.metric}": clean},
             surrogate_id=(surrogate.run.id if surrogate is not None and surrogate.run is not None else None),
-            worst_case={f"{e:g}": r for e, r in worst.items()},
+            **({"worst_case": {f"{e:g}": r for e, r in worst.items()}} if scorer.binary else {}),
             checks_failed=sum(c.passed is False for c in checks),
             **({"skipped_modes": skipped} if skipped else {}),
             **({"skipped_attacks": skipped_attacks} if skipped_attacks else {}),
         )
-        print_summary(console, rec.run_id, curves, checks, clean_acc, worst)
+        print_summary(console, rec.run_id, curves, checks, clean, worst, scorer.metric)
         return rec.run_id
+
+
+def check_suite(spec: AttackSpec, target: Any) -> None:
+    """Hashing attacks attack hashing models, and only they do: one line otherwise."""
+    hashing = target.spec.task == "hashing"
+    if hashing != (spec.suite == "hashing"):
+        what = "a hashing model: attack it with --suite hashing" if hashing else \
+            f"a {target.spec.task} model; --suite hashing attacks hashing models"
+        raise SpecError(f"run {spec.target} is {what}")
 
 
 def defined_for(names: list[str], classes: int, *, optional: bool) -> tuple[list[str], dict[str, str]]:
@@ -266,21 +263,23 @@ def _progress(console: Console, quiet: bool) -> Progress:
 
 
 def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Module | None,
-                       x: torch.Tensor, y: torch.Tensor, seed: int) -> list[Check]:
+                       x: torch.Tensor, y: torch.Tensor, seed: int, scorer: Scorer | None = None) -> list[Check]:
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     out = []
     if len(x) == 0:
         return out
+    scorer = scorer or Accuracy(target, y)
     for mode in modes:
         with gradient_source(mode, target, surrogate) as g:
-            out.append(gradient_consistency(mode, g, target, x, y, seed=seed))
-            out.append(zero_gradients(mode, g, x, y))
+            out.append(gradient_consistency(mode, g, target, x, y, seed=seed, cotangent=scorer.cotangent))
+            out.append(zero_gradients(mode, g, x, y, loss=scorer.attack_loss))
     return out
 
 
 def worst_case(curves: Sequence[SweepCurve]) -> dict[float, float]:
-    """Per-example worst case over every linf curve (attacks x modes): robust only if robust to all."""
-    linf = [c for c in curves if c.norm == "linf"]
+    """Per-example worst case over every linf curve (attacks x modes): robust only if robust to all
+    (binary scores; a graded score such as AP has no per-example 'survives all')."""
+    linf = [c for c in curves if c.norm == "linf" and c.binary]
     if not linf:
         return {}
     eps = sorted(set.intersection(*(set(c.eps) for c in linf)))
@@ -295,9 +294,10 @@ def worst_case(curves: Sequence[SweepCurve]) -> dict[float, float]:
 
 
 def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], checks: Sequence[Check],
-                  clean_acc: float, worst: dict[float, float]) -> None:
+                  clean: float, worst: dict[float, float], metric: str = "accuracy") -> None:
     rows = [(c.attack, c.mode, dict(zip(c.eps, c.robust()))) for c in curves if c.norm == "linf"]
-    print_sweeps(console, f"attack run {run_id}: robust accuracy (clean {clean_acc:.3f})", rows, worst)
+    what = "robust accuracy" if metric == "accuracy" else f"{metric} under attack"
+    print_sweeps(console, f"attack run {run_id}: {what} (clean {clean:.3f})", rows, worst)
     for c in curves:
         if c.norm != "linf":
             console.print(escape(f"{c.attack} [{c.mode}] budget = pixels ") + ", ".join(

@@ -36,6 +36,7 @@ class PGD(Attack):
     name = "pgd"
     suite = "whitebox"
     default_steps = 40
+    compared_with = "fgsm"  # sanity check iterative_le_single_step
     loss_choices = LOSSES
 
     def step_size(self, eps: float) -> float:

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ssbench.attacks.base import Attack
+from ssbench.attacks.base import Attack, eval_guard
+from ssbench.attacks.scoring import Accuracy, Scorer
 from ssbench.attacks.starting import predict
+from ssbench.errors import SpecError
 
 BUDGET_TOL = 1e-5  # float rounding of x + clamp(delta) in torchattacks
 
@@ -39,38 +41,51 @@ def stack_examples(dataset: Any, indices: Sequence[int], device: torch.device | 
 
 @dataclass
 class SweepCurve:
-    """One attack x one mode over an epsilon grid; ``correct[k]`` is per example (fixed order)."""
+    """One attack x one mode over an epsilon grid; ``scores[k]`` is per example (fixed order): bool
+    for a binary scorer (correct), float otherwise (AP per query). ``extras[k]``: means of the
+    scorer's other metrics at that point (retrieval: map@5000, map@all, precision@1000)."""
 
     attack: str
     mode: str
     n: int
     eps: list[float] = field(default_factory=list)
-    correct: list[Tensor] = field(default_factory=list)
+    scores: list[Tensor] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     params: list[dict[str, Any]] = field(default_factory=list)
     norm: str = "linf"
+    metric: str = "accuracy"
+    binary: bool = True
+    extras: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def correct(self) -> list[Tensor]:
+        """Per-example survival (binary scorers: what survivors, bitstrings and worst cases use)."""
+        if not self.binary:
+            raise ValueError(f"{self.attack}/{self.mode}: {self.metric} is graded, not correct / broken")
+        return self.scores
 
     def robust(self) -> list[float]:
-        return [float(c.float().mean()) for c in self.correct]
+        return [float(c.float().mean()) for c in self.scores]
 
     def at(self, eps: float) -> float | None:
-        for e, c in zip(self.eps, self.correct):
+        for e, c in zip(self.eps, self.scores):
             if abs(e - eps) < 1e-9:
                 return float(c.float().mean())
         return None
 
-    def bitstring(self, k: int) -> str:
-        return "".join("1" if b else "0" for b in self.correct[k].tolist())
+    def bitstring(self, k: int) -> str | None:
+        return "".join("1" if b else "0" for b in self.scores[k].tolist()) if self.binary else None
 
     def to_points(self) -> list[Any]:
         from ssbench.store.records import SweepPoint
 
+        extras = self.extras or [{}] * len(self.eps)
         return [
             SweepPoint(
                 attack=self.attack, mode=self.mode, epsilon=e, n=self.n, robust=float(c.float().mean()),
-                metric="accuracy", seconds=s, params=p, correct=self.bitstring(k),
+                metric=self.metric, seconds=s, params={**p, **x}, correct=self.bitstring(k),
             )
-            for k, (e, c, s, p) in enumerate(zip(self.eps, self.correct, self.seconds, self.params))
+            for k, (e, c, s, p, x) in enumerate(zip(self.eps, self.scores, self.seconds, self.params, extras))
         ]
 
 
@@ -90,7 +105,7 @@ def check_budget(attack: Attack, x: Tensor, adv: Tensor, eps: float) -> None:
 
 def run_sweep(
     attack: Attack,
-    target: nn.Module,
+    target: nn.Module | Scorer,
     grad_model: nn.Module,
     x: Tensor,
     y: Tensor,
@@ -102,87 +117,76 @@ def run_sweep(
     pool: tuple[Tensor, Tensor] | None = None,
     on_eps: Callable[[float], None] | None = None,
     standing: dict[float, Tensor] | None = None,
+    reference: Any = None,
 ) -> SweepCurve:
-    """Sweep ``attack`` crafted on ``grad_model`` and judged by ``target``'s forward.
+    """Sweep ``attack`` crafted on ``grad_model`` and judged by ``target``: a classifier (scored by
+    accuracy) or any :class:`~ssbench.attacks.scoring.Scorer` (retrieval: AP@1000 per query).
 
-    Robust accuracy at each epsilon is over ALL n examples (clean-wrong ones count as wrong).
-    ``standing`` (ensembles): per epsilon, the examples every earlier attack of the ensemble left
-    standing. Only those are attacked and can count as robust, so the curve is cumulative over the
-    ensemble so far (AutoAttack's protocol: each attack runs on the survivors of the ones before).
+    The robust number at each epsilon is the mean score over ALL n examples (clean-wrong ones count
+    as 0). Binary scorers walk epsilon upward on the survivors (``fast``, see the module docstring);
+    graded ones attack every example at every epsilon. ``standing`` (ensembles): per epsilon, the
+    examples every earlier attack of the ensemble left standing. Only those are attacked and can
+    count as robust, so the curve is cumulative over the ensemble so far (AutoAttack's protocol:
+    each attack runs on the survivors of the ones before). ``reference``: what the attacker knows
+    besides the image (hashing: the labelled reference codes), for the attacks that use one.
     """
+    scorer = Accuracy(target, y, batch_size) if isinstance(target, nn.Module) else target
     grid = sorted(set(float(e) for e in (attack.budget_grid if attack.budget_grid is not None else eps_grid)))
-    curve = SweepCurve(attack=attack.name, mode=mode, n=len(x), norm=attack.norm)
-    was_training = {n: m.training for n, m in target.named_modules()}
-    target.eval()
-    try:
-        clean_correct = predict(target, x, batch_size) == y
+    curve = SweepCurve(attack=attack.name, mode=mode, n=len(x), norm=attack.norm, metric=scorer.metric, binary=scorer.binary)
+    everyone = torch.arange(len(x), device=x.device)
+    with eval_guard(scorer.model):
+        clean = scorer.score(x, everyone)[scorer.metric]
         if attack.minimum_norm:
-            _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size, pool, on_eps)
+            _min_norm_sweep(attack, scorer, x, y, grid, curve, batch_size, pool, on_eps)
             return curve
-        alive = clean_correct.clone()
-        directions = _directions(attack, grad_model, x, y, clean_correct, batch_size) if fast else None
+        survivors = scorer.binary and fast
+        attackable = clean.bool() if scorer.binary else torch.ones(len(x), dtype=torch.bool, device=x.device)
+        alive = attackable.clone()
+        directions = _directions(attack, grad_model, x, y, attackable, batch_size) if fast else None
         for k, eps in enumerate(grid):
             t0 = time.perf_counter()
             still = standing[eps].to(x.device) if standing is not None else None
-            if still is not None and fast:
+            if still is not None and survivors:
                 alive &= still
-            base = alive if fast else (clean_correct if still is None else clean_correct & still)
+            base = alive if survivors else (attackable if still is None else attackable & still)
             idx = base.nonzero().flatten()
-            if eps == 0:  # all n examples, re-predicted in another order / batching (sanity check f)
-                correct = _eps0_correct(attack, grad_model, target, x, y, batch_size)
-                if still is not None:
-                    correct &= still
-                if fast:
-                    alive &= correct
+            if eps == 0:  # all n examples, re-scored in another order / batching (sanity check f)
+                adv = torch.cat([attack.perturb(grad_model, x[j], y[j], 0.0, reference=reference)
+                                 for j in everyone.split(batch_size)]) if len(x) else x
+                check_budget(attack, x, adv, 0.0)
+                scores = scorer.score(adv, everyone, reorder=True)
             else:
-                broken = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+                scores = {}
                 for b in range(0, len(idx), batch_size):
                     j = idx[b : b + batch_size]
                     if directions is not None:  # one gradient for the whole grid (FGSM)
                         adv = (x[j] + eps * directions[j]).clamp(0, 1)
                     else:
-                        adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b)
+                        adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b, reference=reference)
                     check_budget(attack, x[j], adv, eps)
-                    broken[j] = predict(target, adv, batch_size) != y[j]
-                if fast:
-                    alive &= ~broken
-                    correct = alive.clone()
-                else:
-                    correct = base & ~broken
-            curve.eps.append(eps)
-            curve.correct.append(correct.cpu())
-            curve.seconds.append(time.perf_counter() - t0)
-            curve.params.append(
-                {**attack.params(eps), "sweep": "cumulative" if fast else "per-eps", "monotone_assumption": fast,
-                 "attacked": len(idx)}
-            )
+                    for key, v in scorer.score(adv, j).items():  # examples not attacked score 0
+                        scores.setdefault(key, torch.zeros(len(x), dtype=v.dtype, device=v.device))[j] = v
+                if not scores:
+                    scores = {scorer.metric: torch.zeros(len(x), dtype=clean.dtype, device=x.device)}
+            if still is not None:
+                scores[scorer.metric] = scores[scorer.metric] & still if scorer.binary else scores[scorer.metric] * still
+            if survivors:
+                alive &= scores[scorer.metric]
+            _append(curve, scorer, eps, scores, time.perf_counter() - t0,
+                    {**attack.params(eps), "sweep": "cumulative" if survivors else "per-eps", "monotone_assumption": survivors,
+                     "attacked": len(idx)})
             if on_eps:
                 on_eps(eps)
         return curve
-    finally:
-        for n, m in target.named_modules():
-            m.training = was_training.get(n, m.training)
 
 
-def repredict(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
-    """``predict`` in reversed order and in chunks of another size than ``batch_size``: a forward
-    that is a function of each image alone gives the same labels; one that depends on the batch
-    (BatchNorm statistics or dropout active despite eval()) or on run-to-run randomness does not."""
-    chunk = batch_size // 2 + 1 if batch_size > 2 else batch_size + 1
-    rev = torch.arange(len(x) - 1, -1, -1, device=x.device)
-    out = torch.empty(len(x), dtype=torch.long, device=x.device)
-    out[rev] = predict(model, x[rev], chunk)
-    return out
-
-
-def _eps0_correct(attack: Attack, grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor,
-                  batch_size: int) -> Tensor:
-    """Per example: the target's label on what the attack returns at eps 0 (x itself, no model
-    call), over ALL n examples, clean-wrong ones included, so flips both ways show in check (f)."""
-    adv = torch.cat([attack.perturb(grad_model, x[b : b + batch_size], y[b : b + batch_size], 0.0)
-                     for b in range(0, len(x), batch_size)]) if len(x) else x
-    check_budget(attack, x, adv, 0.0)
-    return repredict(target, adv, batch_size) == y
+def _append(curve: SweepCurve, scorer: Scorer, eps: float, scores: dict[str, Tensor], seconds: float,
+            params: dict[str, Any]) -> None:
+    curve.eps.append(eps)
+    curve.scores.append(scores[scorer.metric].cpu())
+    curve.extras.append({k: float(v.float().mean()) for k, v in scores.items() if k != scorer.metric})
+    curve.seconds.append(seconds)
+    curve.params.append(params)
 
 
 def _directions(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, batch_size: int) -> Tensor | None:
@@ -198,27 +202,42 @@ def _directions(attack: Attack, model: nn.Module, x: Tensor, y: Tensor, rows: Te
     return out if len(idx) else None
 
 
-def _min_norm_sweep(attack, target, x, y, grid, clean_correct, curve, batch_size, pool, on_eps) -> None:  # noqa: ANN001
+def at_budget(x: Tensor, adv: Tensor, dist: Tensor, eps: float) -> Tensor:
+    """Images a minimum-norm attack yields at budget eps: its adversarial where it needed <= eps,
+    else the clean image."""
+    ok = (dist <= eps + 1e-7).view((-1,) + (1,) * (x.dim() - 1))
+    return torch.where(ok, adv, x)
+
+
+def _min_norm_sweep(attack: Attack, scorer: Scorer, x: Tensor, y: Tensor, grid: list[float], curve: SweepCurve,
+                    batch_size: int, pool: tuple[Tensor, Tensor] | None, on_eps: Callable[[float], None] | None) -> None:
+    """One minimum-norm run against the scorer's query model (a classifier; retrieval: its retrieval
+    label) on the examples it labels correctly (the others need distance 0); each epsilon's images
+    are the adversarials found within it, scored like any sweep."""
+    query = scorer.query_model
+    if query is None:
+        raise SpecError(f"{attack.name}: {scorer.no_query_model}")
     t0 = time.perf_counter()
     pool_x, pool_y = pool if pool is not None else (x, y)
-    idx = clean_correct.nonzero().flatten()
-    dist = torch.full((len(x),), float("inf"), device=x.device)
+    idx = (predict(query, x, batch_size) == y).nonzero().flatten()
+    dist = torch.zeros(len(x), device=x.device)
+    dist[idx] = float("inf")
+    adv = x.clone()
     for b in range(0, len(idx), batch_size):
         j = idx[b : b + batch_size]
-        adv, d = attack.min_distance(target, x[j], y[j], pool_x=pool_x, pool_y=pool_y, call=b)
-        dist[j] = d
+        adv[j], dist[j] = attack.min_distance(query, x[j], y[j], pool_x=pool_x, pool_y=pool_y, call=b)
     total = time.perf_counter() - t0
+    everyone = torch.arange(len(x), device=x.device)
     for eps in grid:
-        if eps == 0:  # re-predicted like the budgeted attacks' eps-0 point (sanity check f)
-            correct = (repredict(target, x, batch_size) == y) & ~(dist <= 0)
-        else:
-            correct = clean_correct & ~(dist <= eps + 1e-7)
-        curve.eps.append(eps)
-        curve.correct.append(correct.cpu())
-        curve.seconds.append(total / len(grid))
-        curve.params.append(
-            {**attack.params(eps), "sweep": "minimum-norm", "monotone_assumption": True,
-             "seconds_total": total, "attacked": len(idx)}
-        )
+        found = dist <= eps + 1e-7
+        if attack.norm == "linf" and eps > 0:
+            check_budget(attack, x, at_budget(x, adv, dist, eps), eps)
+        # eps 0 is re-scored in another order / batching like the budgeted attacks' (sanity check f)
+        scores = scorer.score(at_budget(x, adv, dist, eps), everyone, reorder=eps == 0)
+        if scorer.binary:  # an example the attack broke within eps counts as broken
+            scores[scorer.metric] = scores[scorer.metric] & ~found
+        _append(curve, scorer, eps, scores, total / len(grid),
+                {**attack.params(eps), "sweep": "minimum-norm", "monotone_assumption": True, "seconds_total": total,
+                 "attacked": len(idx), "found": float(found[idx].float().mean()) if len(idx) else 0.0})
         if on_eps:
             on_eps(eps)

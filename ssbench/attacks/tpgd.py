@@ -16,6 +16,7 @@ class TPGD(Attack):
     name = "tpgd"
     suite = "whitebox"
     default_steps = 10
+    compared_with = "fgsm"  # sanity check iterative_le_single_step
 
     def step_size(self, eps: float) -> float:
         return 2.5 * eps / self.steps
