@@ -116,6 +116,15 @@ class Attack:
 ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
+def make_attack(name: str, *, steps: int | None = None, seed: int = 0, loss: str | None = None) -> Attack:
+    """The registered attack ``name`` with the job's settings: ``steps`` reaches iterative gradient
+    attacks only (black-box query budgets keep their defaults), ``loss`` only the attacks with a
+    choice of loss (the others keep theirs and store it)."""
+    cls = ATTACKS.get(name)
+    return cls(steps=steps if (cls.uses_gradients and not cls.single_step) else None, seed=seed,
+               loss=loss if cls.loss_choices else None)
+
+
 def register(cls: type[Attack]) -> type[Attack]:
     ATTACKS.register(cls.name, help=(cls.__doc__ or "").strip().split("\n")[0])(cls)
     return cls

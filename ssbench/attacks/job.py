@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, suite_attacks
+from ssbench.attacks.base import ATTACKS, Attack, loss_attacks, make_attack, suite_attacks
 from ssbench.attacks.ensemble import ENSEMBLES
 from ssbench.attacks.examples import examples_for
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
@@ -35,11 +35,7 @@ from ssbench.specs import AttackSpec, resolve_eps
 
 
 def build_attack(name: str, spec: AttackSpec) -> Attack:
-    cls = ATTACKS.get(name)
-    # --steps is for iterative gradient attacks; query budgets of black-box attacks keep their defaults.
-    steps = spec.steps if (cls.uses_gradients and not cls.single_step) else None
-    # --loss selects the loss of the attacks that have a choice; the others keep theirs (and store it)
-    return cls(steps=steps, seed=spec.seed, loss=spec.loss if cls.loss_choices else None)
+    return make_attack(name, steps=spec.steps, seed=spec.seed, loss=spec.loss)
 
 
 def attack_names(spec: AttackSpec) -> list[str]:

@@ -56,6 +56,7 @@ class SweepCurve:
     metric: str = "accuracy"
     binary: bool = True
     extras: list[dict[str, float]] = field(default_factory=list)
+    adversarials: list[Tensor] = field(default_factory=list)  # per eps, with keep_adversarials=True
 
     @property
     def correct(self) -> list[Tensor]:
@@ -118,6 +119,7 @@ def run_sweep(
     on_eps: Callable[[float], None] | None = None,
     standing: dict[float, Tensor] | None = None,
     reference: Any = None,
+    keep_adversarials: bool = False,
 ) -> SweepCurve:
     """Sweep ``attack`` crafted on ``grad_model`` and judged by ``target``: a classifier (scored by
     accuracy) or any :class:`~ssbench.attacks.scoring.Scorer` (retrieval: AP@1000 per query).
@@ -129,6 +131,8 @@ def run_sweep(
     count as robust, so the curve is cumulative over the ensemble so far (AutoAttack's protocol:
     each attack runs on the survivors of the ones before). ``reference``: what the attacker knows
     besides the image (hashing: the labelled reference codes), for the attacks that use one.
+    ``keep_adversarials``: also keep, per eps, the images every example ends up as (the clean image
+    where it was not attacked) in ``curve.adversarials`` (``ssbench.attack`` returns them).
     """
     scorer = Accuracy(target, y, batch_size) if isinstance(target, nn.Module) else target
     grid = sorted(set(float(e) for e in (attack.budget_grid if attack.budget_grid is not None else eps_grid)))
@@ -137,7 +141,7 @@ def run_sweep(
     with eval_guard(scorer.model):
         clean = scorer.score(x, everyone)[scorer.metric]
         if attack.minimum_norm:
-            _min_norm_sweep(attack, scorer, x, y, grid, curve, batch_size, pool, on_eps)
+            _min_norm_sweep(attack, scorer, x, y, grid, curve, batch_size, pool, on_eps, keep_adversarials)
             return curve
         survivors = scorer.binary and fast
         attackable = clean.bool() if scorer.binary else torch.ones(len(x), dtype=torch.bool, device=x.device)
@@ -150,11 +154,13 @@ def run_sweep(
                 alive &= still
             base = alive if survivors else (attackable if still is None else attackable & still)
             idx = base.nonzero().flatten()
+            kept = x.clone() if keep_adversarials else None
             if eps == 0:  # all n examples, re-scored in another order / batching (sanity check f)
                 adv = torch.cat([attack.perturb(grad_model, x[j], y[j], 0.0, reference=reference)
                                  for j in everyone.split(batch_size)]) if len(x) else x
                 check_budget(attack, x, adv, 0.0)
                 scores = scorer.score(adv, everyone, reorder=True)
+                kept = adv if keep_adversarials else None
             else:
                 scores = {}
                 for b in range(0, len(idx), batch_size):
@@ -164,6 +170,8 @@ def run_sweep(
                     else:
                         adv = attack.perturb(grad_model, x[j], y[j], eps, call=k * 100_003 + b, reference=reference)
                     check_budget(attack, x[j], adv, eps)
+                    if kept is not None:
+                        kept[j] = adv
                     for key, v in scorer.score(adv, j).items():  # examples not attacked score 0
                         scores.setdefault(key, torch.zeros(len(x), dtype=v.dtype, device=v.device))[j] = v
                 if not scores:
@@ -172,6 +180,8 @@ def run_sweep(
                 scores[scorer.metric] = scores[scorer.metric] & still if scorer.binary else scores[scorer.metric] * still
             if survivors:
                 alive &= scores[scorer.metric]
+            if kept is not None:
+                curve.adversarials.append(kept)
             _append(curve, scorer, eps, scores, time.perf_counter() - t0,
                     {**attack.params(eps), "sweep": "cumulative" if survivors else "per-eps", "monotone_assumption": survivors,
                      "attacked": len(idx)})
@@ -210,7 +220,8 @@ def at_budget(x: Tensor, adv: Tensor, dist: Tensor, eps: float) -> Tensor:
 
 
 def _min_norm_sweep(attack: Attack, scorer: Scorer, x: Tensor, y: Tensor, grid: list[float], curve: SweepCurve,
-                    batch_size: int, pool: tuple[Tensor, Tensor] | None, on_eps: Callable[[float], None] | None) -> None:
+                    batch_size: int, pool: tuple[Tensor, Tensor] | None, on_eps: Callable[[float], None] | None,
+                    keep: bool = False) -> None:
     """One minimum-norm run against the scorer's query model (a classifier; retrieval: its retrieval
     label) on the examples it labels correctly (the others need distance 0); each epsilon's images
     are the adversarials found within it, scored like any sweep."""
@@ -233,7 +244,10 @@ def _min_norm_sweep(attack: Attack, scorer: Scorer, x: Tensor, y: Tensor, grid: 
         if attack.norm == "linf" and eps > 0:
             check_budget(attack, x, at_budget(x, adv, dist, eps), eps)
         # eps 0 is re-scored in another order / batching like the budgeted attacks' (sanity check f)
-        scores = scorer.score(at_budget(x, adv, dist, eps), everyone, reorder=eps == 0)
+        images = at_budget(x, adv, dist, eps)
+        scores = scorer.score(images, everyone, reorder=eps == 0)
+        if keep:
+            curve.adversarials.append(images)
         if scorer.binary:  # an example the attack broke within eps counts as broken
             scores[scorer.metric] = scores[scorer.metric] & ~found
         _append(curve, scorer, eps, scores, total / len(grid),

@@ -1,6 +1,8 @@
 """Put a learning rule into any nn.Module, and take the true gradient back out of it."""
 from __future__ import annotations
 
+import copy
+
 import fnmatch
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -44,8 +46,13 @@ def convert(
     skip: Sequence[str] = (),
     example_input: Tensor | tuple[Any, ...] | None = None,
     from_scratch: bool = False,
+    inplace: bool = True,
 ) -> nn.Module:
-    """Make every nn.Linear / nn.Conv2d of `model` learn with `rule`; returns `model` (in place).
+    """Make every nn.Linear / nn.Conv2d of `model` learn with `rule`; returns the converted model.
+
+    In place by default (the layers' classes are swapped, so `model` itself is converted and
+    returned, as BioTorch does); `inplace=False` converts a deep copy and leaves `model` as it was
+    (e.g. to keep a BP network beside its rule-trained twin).
 
     Weights are kept (a pretrained W stays W). `skip` holds fnmatch patterns of module names left
     exact (plain backprop). The rule's random state is drawn from generators seeded by
@@ -62,6 +69,8 @@ def convert(
     its own, bias 0) before B is derived; init='gaussian' likewise with W ~ N(0, weight_var / fan_in).
     Without it (fine-tuning, checkpoints) W is never touched.
     """
+    if not inplace:
+        model = copy.deepcopy(model)
     if isinstance(rule, RuleSpec):
         seed = rule.seed if rule.seed is not None else seed
         skip = tuple(skip) + tuple(rule.skip)
