@@ -187,15 +187,37 @@ app = typer.Typer(
     # markdown: docstrings wrapped at 100 columns reflow to the terminal instead of breaking mid-line
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # --install-completion / --show-completion SHELL, and the _SSBENCH_COMPLETE protocol they install
+    add_completion=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def version() -> str:
+    """The installed distribution's version (the package's own where it runs from a bare checkout)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("ssbench")
+    except PackageNotFoundError:
+        from ssbench import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:  # eager: before any command is looked up, so no argument is needed and nothing heavy loads
+        typer.echo(f"ssbench {version()}")
+        raise Exit()
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="show the Python traceback of an unexpected error "
                                "(also SSBENCH_DEBUG=1)"),
+    show_version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                      help="print the version and exit"),
 ) -> None:
     # read where an error is handled (SsbenchGroup.invoke walks up to this context's params)
-    del debug
+    del debug, show_version

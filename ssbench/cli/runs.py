@@ -1,4 +1,5 @@
-"""`ssbench runs` (list) and `ssbench show RUN` (everything about one run)."""
+"""`ssbench runs` (list) and `ssbench show RUN` (everything about one run); `--json` prints the stored
+values (ssbench/store/export.py), the tables what ssbench/listing.py says about them."""
 from __future__ import annotations
 
 import json
@@ -9,23 +10,6 @@ import typer
 from ssbench.cli.options import Artifacts, Db, check_filters
 from ssbench.printing import SafeConsole
 from ssbench.specs import RUN_KINDS, RUN_STATUSES
-
-
-def key_metric(run: Any, evaluations: dict[int, dict[str, float]]) -> str:
-    """One number that says how a run went: test accuracy / mAP, or an attack's worst case at its largest ε."""
-    if run.status == "failed":
-        return (run.error or "failed")[:40]
-    summary = run.summary or {}
-    worst = summary.get("worst_case")
-    if isinstance(worst, dict) and worst:
-        eps, value = max(((float(k), v) for k, v in worst.items() if v is not None), default=(None, None))
-        if eps is not None:
-            return f"worst {value:.3f} @ε={eps:g}"
-    ev = evaluations.get(run.id, {})
-    for name in ("accuracy", *sorted(k for k in ev if k.startswith("map"))):
-        if name in ev and ev[name] is not None:
-            return f"{'acc' if name == 'accuracy' else name} {ev[name]:.3f}"
-    return ""
 
 
 def _fmt_time(t: Any) -> str:
@@ -65,6 +49,7 @@ def register(app: typer.Typer) -> None:
         parent: Annotated[int | None, typer.Option(help="children of this run (fine-tunes of a pretrain, attacks of a model)")] = None,
         limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="show the newest N runs (0 = all)")] = 50,
         fail_stale: Annotated[bool, typer.Option("--fail-stale", help="mark failed the 'running' runs of this host whose process is gone (SIGKILL, out of memory)")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print the runs as a JSON array: every stored column, exact, plus labels and liveness (keys above)")] = False,
     ) -> None:
         """List runs in the results store, oldest first (the newest --limit of them).
 
@@ -72,32 +57,38 @@ def register(app: typer.Typer) -> None:
         test accuracy (or mAP) of training runs, the worst case over gradient modes at the largest ε
         of attack runs, the error of failed runs. A 'running' run whose process on this host is gone
         (SIGKILL, out of memory: no Python code ran to mark it) shows as 'running (gone)';
-        --fail-stale marks those failed.
+        --fail-stale marks those failed. Labels as the report groups runs (`ifa(θ=30)`, `mlp[256x3]`,
+        `digits[0-4]`); an attack run shows its target's.
+
+        --json prints a JSON array, one object per run with stable keys: every column of the `runs`
+        table (docs/schema.md: id, kind, status, ..., config, summary) as stored (floats exact, times ISO
+        8601, NULL as null), `liveness` (alive / gone / unknown for a 'running' run, else null) and
+        `labels` (rule, model, dataset as in the table).
         """
         from rich import box as rich_box
         from rich.markup import escape
         from rich.table import Table
 
-        from ssbench.report.variants import dataset_label, model_label, rule_label
-
+        from ssbench.listing import key_metric, labels, test_metrics
         from ssbench.store import open_store
+        from ssbench.store.export import dumps, run_record
 
         rule, model, dataset = check_filters(rule=rule, model=model, dataset=dataset)
         store = open_store(db, artifacts=artifacts)
-        console = SafeConsole()
+        console = SafeConsole(stderr=as_json)  # --json: stdout holds the JSON alone
         if fail_stale:
             ids = store.fail_stale()
             console.print(f"marked {len(ids)} stale run(s) failed" + (f": {', '.join(map(str, ids))}" if ids else ""))
         rows = store.list_runs(kind=kind, status=status, rule=rule, model=model, dataset=dataset, recipe=recipe,
                                tag=tag, parent_id=parent, limit=limit or None)
+        names = labels(store, rows)
+        if as_json:
+            typer.echo(dumps([{**run_record(store, r), "labels": names[r.id]} for r in rows]))
+            return
         if not rows:
             console.print("no runs match; start with `ssbench pretrain` or `ssbench run recipes/quickstart.yaml`")
             return
-        ev = store.frame_evaluations()
-        ev = ev[ev["run_id"].isin([r.id for r in rows]) & (ev["split"] == "test")] if not ev.empty else ev
-        evaluations: dict[int, dict[str, float]] = {}
-        for run_id, metric, value in zip(ev["run_id"], ev["metric"], ev["value"]):
-            evaluations.setdefault(int(run_id), {})[metric] = value
+        evaluations = test_metrics(store, rows)
         # at terminal widths under 120 the time columns go (see them with `ssbench show`): the rest
         # then fits 80 columns without cutting names to "fash…"
         wide = console.width >= 120
@@ -113,9 +104,7 @@ def register(app: typer.Typer) -> None:
             cells = [
                 str(r.id), r.kind, _status_cell(store, r),
                 "" if r.parent_id is None else str(r.parent_id),
-                # variant labels (ifa(θ=30), mlp[256x3], fashion-mnist[5-9]): what the report groups by
-                escape(rule_label(r.config, r.rule or "")), escape(model_label(r.config, r.model or "")),
-                escape(dataset_label(r.config, r.dataset or "")),
+                escape(names[r.id]["rule"]), escape(names[r.id]["model"]), escape(names[r.id]["dataset"]),
                 "" if r.seed is None else str(r.seed), key_metric(r, evaluations).replace("[", r"\["),
             ]
             if wide:
@@ -128,25 +117,46 @@ def register(app: typer.Typer) -> None:
         run_ref: Annotated[str, typer.Argument(metavar="RUN", help="run id (see `ssbench runs`)")],
         db: Db = None,
         artifacts: Artifacts = None,
-        config: Annotated[bool, typer.Option("--config/--no-config", help="print the full configuration JSON")] = True,
+        config: Annotated[bool, typer.Option("--config/--no-config", help="print the configuration JSON (--full does too)")] = False,
+        full: Annotated[bool, typer.Option("--full", help="everything as stored: the configuration, the summary's lists in full and floats unrounded, every child run")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print the run as JSON: every stored column and row of it, exact (keys above)")] = False,
     ) -> None:
-        """Everything stored about one run: configuration, provenance (git commit, package versions,
-        host), per-epoch metrics (last and best), evaluations, checkpoints, attack sweeps (robust
-        accuracy per attack x mode x ε, with the per-example worst case) and sanity checks."""
+        """Everything stored about one run: provenance (git commit, package versions, host), summary,
+        per-epoch metrics (last and best), evaluations, checkpoints, attack sweeps (robust accuracy
+        per attack x mode x ε, with the per-example worst case) and sanity checks.
+
+        Compact by default: floats to 4 significant digits, long lists (the attacked example
+        indices) cut to their first items and a count, no configuration. --config adds the
+        configuration, --full prints all of it as stored.
+
+        --json prints one JSON object with stable keys, the values as stored (floats exact, times ISO
+        8601, NULL as null): the keys of `ssbench runs --json` (the run's columns, `liveness`,
+        `labels`), then one list per table of rows belonging to the run, each row's columns but id and
+        run_id (docs/schema.md): `metrics`, `alignment`, `evaluations`, `sweeps` (sweep_points, with the
+        per-example `correct` bits), `sanity_checks`, `checkpoints` (tag, epoch, metric, sha256, path
+        resolved against the artifact root, created_at) and `children` (ids of the runs made from it)."""
         from rich.markup import escape
         from rich.table import Table
 
+        from ssbench.listing import LIST_MAX, compact, labels
         from ssbench.report.render import to_rich
         from ssbench.report.tables import robust_wide, worst_case
         from ssbench.store import open_store
+        from ssbench.store.export import dumps, run_details
 
         store = open_store(db, artifacts=artifacts)
         run = store.get_run(run_ref)
+        names = labels(store, [run])[run.id]
+        if as_json:
+            typer.echo(dumps({**run_details(store, run), "labels": names}))
+            return
         console = SafeConsole()
         console.print(f"[bold]run {run.id}[/] {run.kind} {_status_cell(store, run)}"
                       + (f"  parent {run.parent_id}" if run.parent_id is not None else ""))
         facts = {
-            "rule": run.rule, "model": run.model, "dataset": run.dataset, "task": run.task, "seed": run.seed,
+            # the labels `runs` shows: an attack's are its target's
+            "rule": names["rule"] or None, "model": names["model"] or None, "dataset": names["dataset"] or None,
+            "task": run.task, "seed": run.seed,
             "recipe": run.recipe, "tags": ", ".join(run.tags or []) or None, "device": run.device, "host": run.host,
             "started": _fmt_time(run.started_at), "seconds": _fmt_seconds(run.seconds), "git": run.git_commit,
             "config hash": run.config_hash[:16],
@@ -158,12 +168,17 @@ def register(app: typer.Typer) -> None:
                       highlight=False, markup=False)
         if run.error:
             console.print(f"[bold red]error:[/] {escape(run.error)}", markup=True, highlight=False)
-        if config:
+        if config or full:
             console.print("[bold]config[/]")
             console.print_json(json.dumps(run.config))
-        if run.summary:
+        if run.summary and full:
             console.print("[bold]summary[/]")
             console.print_json(json.dumps(run.summary))
+        elif run.summary:
+            console.print("[bold]summary[/]")
+            width = max(len(str(k)) for k in run.summary)
+            for k, v in run.summary.items():
+                console.print(f"  {str(k):<{width}}  {compact(v)}", highlight=False, markup=False)
 
         m = store.frame_metrics()
         m = m[m["run_id"] == run.id]
@@ -184,7 +199,7 @@ def register(app: typer.Typer) -> None:
                 t.add_column(col, justify="right" if col == "value" else "left")
             for metric, split, value, params in zip(ev["metric"], ev["split"], ev["value"], ev["params"]):
                 t.add_row(metric, split, "" if value is None or value != value else f"{value:.4f}",
-                          json.dumps(params).replace("[", r"\["))
+                          (json.dumps(params) if full else compact(params)).replace("[", r"\["))
             console.print(t)
         ckpts = store.checkpoints(run.id)
         if ckpts:
@@ -221,5 +236,7 @@ def register(app: typer.Typer) -> None:
             console.print(t)
         kids = store.children(run.id)
         if kids:
-            console.print("children: " + ", ".join(f"{k.id} ({k.kind} {k.rule or ''} {k.status})" for k in kids),
+            shown = kids if full or len(kids) <= LIST_MAX else kids[:LIST_MAX]
+            more = f", … ({len(kids)} in all; --full lists them)" if len(shown) < len(kids) else ""
+            console.print("children: " + ", ".join(f"{k.id} ({k.kind} {k.rule or ''} {k.status})" for k in shown) + more,
                           highlight=False)

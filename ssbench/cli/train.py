@@ -18,7 +18,6 @@ from ssbench.specs import (
     ComputeSpec,
     DataSpec,
     HashSpec,
-    ModelSpec,
     OptimSpec,
     RuleSpec,
     TrainKind,
@@ -40,25 +39,12 @@ _HELP = {
         "kept; the rule only changes which tensor carries the error backward "
         "(bp: W, fa: fixed random, usf: rms(W) sign(W), frsf: |R| sign(W), brsf: |R_t| sign(W) redrawn per "
         "step, ifa: fixed B at angle --theta to W, dfa: B_l e broadcast from the output).\n\n"
+        "Left unset, the data set, the image size (another data set is resized to the source's input), "
+        "the channels (on the source's data set), the seed and the model are the source's; the classes "
+        "are all of the data set's unless --classes names some.\n\n"
         "Example: ssbench finetune --from 1 --rule frsf --classes 5-9 --epochs 2"
     ),
 }
-
-
-def _resolve_model(kind: TrainKind, model: str | None, hidden: str | None, source: str | None, db: str | None,
-                   artifacts: Path | None = None) -> ModelSpec:
-    """Model name and widths as given; a fine-tune without --model takes its source's architecture."""
-    widths = parse_ints(hidden, "--hidden", example="256,256")
-    if model is not None:
-        return ModelSpec(name=model, hidden=widths)
-    if kind == "finetune" and source is not None:
-        from ssbench.store import open_store
-        from ssbench.training.checkpoint import read_checkpoint, resolve_checkpoint
-
-        path, _, _ = resolve_checkpoint(open_store(db, artifacts=artifacts), source)
-        src = read_checkpoint(path)["meta"]["model"]
-        return ModelSpec(name=src["name"], hidden=widths if widths is not None else src.get("hidden"))
-    return ModelSpec(name="lenet", hidden=widths)
 
 
 def _optim(name: str, lr: float, head_lr: float | None, momentum: float, nesterov: bool, betas: str | None,
@@ -84,12 +70,17 @@ def _optim(name: str, lr: float, head_lr: float | None, momentum: float, nestero
         raise SpecError(f"{'--' + where.replace('_', '-') + ': ' if where else ''}{first.get('ctx', {}).get('error', first['msg'])}") from None
 
 
+def _default(kind: TrainKind, default: str, from_source: str = "the --from source's") -> str:
+    # a fine-tune from a run or checkpoint takes these from it (training/backbone.py)
+    return f" [default: {from_source}; else {default}]" if kind == "finetune" else f" [default: {default}]"
+
+
 def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned function's signature)
     is_pretrain = kind == "pretrain"  # BP only: rule options hidden
     not_finetune = kind != "finetune"
 
     def command(
-        dataset: Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet; hashing only: list-retrieval, coco, nuswide, imagenet100 (DeepHash list files in --data-dir)")] = "fashion-mnist",
+        dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="fashion-mnist, digits, mnist, cifar10, cifar100, imagenet; hashing only: list-retrieval, coco, nuswide, imagenet100 (DeepHash list files in --data-dir)" + _default(kind, "fashion-mnist"))] = None,
         data_dir: Annotated[Path | None, typer.Option(help="folder with the data set's files; it must exist, and is then the only place looked (a download goes there) [default: $SSBENCH_DATA, Debian's /usr/share/datasets, then ~/.cache/ssbench/data]")] = None,
         classes: Annotated[str | None, typer.Option(help="class subset of two or more classes, e.g. 0-4 or 5,6,7 (labels remapped to 0..k-1)")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="lenet, lenet-cifar, mlp, resnet20, resnet56, or a torchvision name (resnet18, vgg16, alexnet)" + (" [default: the source's]" if kind == "finetune" else " [default: lenet]"))] = None,
@@ -118,13 +109,13 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
         step_size: Annotated[int | None, typer.Option(min=1, help="step scheduler: epochs between decays [default: 30]")] = None,
         milestones: Annotated[str | None, typer.Option(help="multistep scheduler: epochs at which the lr decays, e.g. 30,60")] = None,
         gamma: Annotated[float | None, typer.Option(help="step / multistep: lr factor at each decay [default: 0.1]")] = None,
-        seed: Annotated[int, typer.Option("--seed", "-s")] = 0,
+        seed: Annotated[int | None, typer.Option("--seed", "-s", help="seed of the weights, data order and rule" + _default(kind, "0"))] = None,
         deterministic: Annotated[bool, typer.Option(help="deterministic kernels (slower)")] = False,
         val_fraction: Annotated[float, typer.Option(help="share of train held out to choose the checkpoint")] = 0.1,
         train_limit: Annotated[int | None, typer.Option(help="use only N training images (quick runs)")] = None,
         test_limit: Annotated[int | None, typer.Option(help="evaluate on N test images (stratified, fixed)")] = None,
-        image_size: Annotated[int | None, typer.Option(help="resize images (e.g. 32 for CIFAR models on 28px data)")] = None,
-        channels: Annotated[int | None, typer.Option(help="force 1 or 3 channels")] = None,
+        image_size: Annotated[int | None, typer.Option(help="resize images (e.g. 32 for CIFAR models on 28px data)" + _default(kind, "the data set's", "the --from source's input size"))] = None,
+        channels: Annotated[int | None, typer.Option(help="force 1 or 3 channels" + _default(kind, "the data set's", "the --from source's on its own data set"))] = None,
         download: Annotated[bool, typer.Option(help="let torchvision download a missing data set")] = True,
         select: Annotated[str, typer.Option(help="best (on validation) or last epoch")] = "best",
         reset_head: Annotated[bool | None, typer.Option("--reset-head/--keep-head", hidden=not_finetune, help="new classifier head [default: new when the classes differ from the source's (other data set or class list), kept when they are the same]")] = None,
@@ -143,6 +134,7 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
     ) -> None:
         from ssbench.store import open_store
         from ssbench.training import run_training
+        from ssbench.training.backbone import read_backbone, resolve_inputs, resolve_model
         from ssbench.training.distributed import main_process
 
         from ssbench.rules import RULES
@@ -150,21 +142,25 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
         RULES.get(rule)  # unknown rule: one line listing the choices
         if kind == "pretrain" and rule != "bp":
             raise SpecError("pretrain is backprop; use `ssbench train --rule R` to train a rule from scratch")
+        # a fine-tune's unset data set, input shape, seed and model are its source's (training/backbone.py)
+        backbone = read_backbone(open_store(db, artifacts=artifacts), source) if kind == "finetune" and source else None
+        inputs = resolve_inputs(backbone, dataset=dataset, image_size=image_size, channels=channels, seed=seed)
         spec = TrainSpec(
             kind=kind,
             task=task,  # type: ignore[arg-type]
             data=DataSpec(
                 # --classes '' names an empty subset: refused, not read as unset (all classes)
-                name=dataset, data_dir=data_dir, classes=None if classes is None else parse_classes(classes) or (),
+                name=inputs.dataset, data_dir=data_dir, classes=None if classes is None else parse_classes(classes) or (),
                 val_fraction=val_fraction,
-                train_limit=train_limit, test_limit=test_limit, image_size=image_size, channels=channels,
+                train_limit=train_limit, test_limit=test_limit, image_size=inputs.image_size, channels=inputs.channels,
                 download=download,
             ),
-            model=_resolve_model(kind, model, hidden, source, db, artifacts).replace(pretrained=torchvision_weights, weights=weights),
+            model=resolve_model(backbone, model, parse_ints(hidden, "--hidden", example="256,256")).replace(
+                pretrained=torchvision_weights, weights=weights),
             rule=RuleSpec(name=rule, theta=theta, init=init, weight_var=weight_var, feedback_var=feedback_var),  # type: ignore[arg-type]
             optim=_optim(optimizer, lr, head_lr, momentum, nesterov, betas, weight_decay, scheduler, step_size, milestones, gamma),
             hashing=HashSpec(bits=bits, loss=hash_loss) if task == "hashing" else None,  # type: ignore[arg-type]
-            epochs=epochs, batch_size=batch_size, seed=seed, deterministic=deterministic, device=device,
+            epochs=epochs, batch_size=batch_size, seed=inputs.seed, deterministic=deterministic, device=device,
             select=select, source=source, reset_head=reset_head,  # type: ignore[arg-type]
             track_grad_alignment=track_grad_alignment, keep_epochs=keep_epochs, tags=tuple(tag or ()),
             compute=ComputeSpec(precision=precision, channels_last=channels_last, compile=compile_,  # type: ignore[arg-type]
@@ -172,7 +168,10 @@ def make_command(kind: TrainKind):  # noqa: ANN201  (typer reads the returned fu
         )
         # under torchrun only rank 0 holds the store; the other processes train (training/distributed.py)
         store = open_store(db, artifacts=artifacts) if main_process() else None
-        run_training(spec, store, console=SafeConsole(stderr=True), quiet=quiet)
+        console = SafeConsole(stderr=True)
+        run_training(spec, store, console=console, quiet=quiet)
+        if inputs.note and not quiet and main_process():
+            console.print(inputs.note, highlight=False, markup=False)  # after the run: a failing command stays one line
 
     command.__doc__ = _HELP[kind]
     return command
