@@ -93,7 +93,9 @@ def test_written_plots_hold_every_rule_and_attack(quickstart: tuple[Path, str]) 
     assert set(RULES) <= texts  # every rule's legend entry
     assert {"fgsm", "pgd"} <= texts  # every attack's panel title
     assert {"exact gradient", "feedback (rule) gradient", "worst case over modes"} <= texts
-    assert "lenet on fashion-mnist[5-9, train=1500]" in texts  # the variant labels of the fine-tuned runs
+    # the figure's title names the fine-tuned runs' variant in words (report/words.py)
+    assert "Robust accuracy under attack: LeNet, Fashion-MNIST classes 5-9, 1,500 training images" in texts
+    assert any(t.startswith("chance level") for t in texts)
     # the PNG is the same figure at 200 dpi: SVG points / 72 * 200 pixels, and big enough to print
     w_pt, h_pt = (float(root.get(k).removesuffix("pt")) for k in ("width", "height"))
     w_px, h_px = _png_size(svg.with_suffix(".png"))
