@@ -69,7 +69,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("epochs-negative", ["pretrain", "--epochs", "-1"], "'--epochs'"),
     ("limit-negative", ["runs", "--limit", "-1"], "'--limit'"),
     ("table-unknown", ["report", "--table", "nosuch"], "'nosuch' is not one of"),
-    ("format-unknown", ["report", "--format", "html"], "'html' is not one of"),
+    ("format-unknown", ["report", "--format", "pdf"], "'pdf' is not one of"),
     ("retries-negative", ["run", QUICKSTART, "--retries", "-1"], "'--retries'"),
     ("command-unknown", ["nosuchcmd"], "No such command 'nosuchcmd'"),
     ("kind-unknown", ["runs", "--kind", "nosuch"], "'nosuch' is not one of 'pretrain'"),

@@ -530,12 +530,25 @@ def _parse_markdown(text: str) -> list[list[str]]:
     return [cells[0], *cells[2:]]
 
 
+LATEX_UNESCAPE = [(r"$\pm$", "±"), (r"$\theta$", "θ"), (r"$\varepsilon$", "ε"), (r"\_", "_"), (r"\&", "&"), (r"\%", "%"),
+                  (r"\textbar{}", "|"), ("{[}", "["), ("{]}", "]"), ("-{}-", "--"), (r"\rlap{$^\dagger$}", "!")]
+
+
+def _latex_cell(c: str) -> str:
+    """A cell back to the display text: '\\ssbenchcell{a}{b}' (interval below the number) is 'a b'."""
+    m = re.fullmatch(r"\\ssbenchcell\{(.*)\}\{(.*)\}", c)
+    if m:  # the dagger ends the whole cell in the display text
+        first, flag = (m[1][: -len(r"\rlap{$^\dagger$}")], "!") if m[1].endswith(r"\rlap{$^\dagger$}") else (m[1], "")
+        c = f"{first} {m[2]}{flag}"
+    for tex, ch in LATEX_UNESCAPE:
+        c = c.replace(tex, ch)
+    return c
+
+
 def _parse_latex(text: str) -> list[list[str]]:
     body = text.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "")
     rows = [r.strip().removesuffix(r"\\").strip() for r in body.strip().splitlines() if r.strip()]
-    unescape = lambda s: (s.replace(r"$\pm$", "±").replace(r"$\theta$", "θ").replace(r"$\varepsilon$", "ε").replace(r"\_", "_").replace(r"\&", "&")  # noqa: E731
-                          .replace(r"\%", "%").replace(r"\textbar{}", "|"))
-    return [[unescape(c.strip()) for c in re.split(r"(?<!\\)&", r)] for r in rows]
+    return [[_latex_cell(c.strip()) for c in re.split(r"(?<!\\)&", r)] for r in rows]
 
 
 def test_render_round_trips(store):
@@ -655,7 +668,7 @@ def test_robustness_plot_series(store, tmp_path):
         np.testing.assert_allclose(x, expect["epsilon"])
         np.testing.assert_allclose(y, expect["robust_mean"])
     assert "robust accuracy" in axes[0].get_ylabel() and "ε" in axes[0].get_xlabel()
-    png, svg = save_figure(fig, tmp_path, "robust")
+    png, svg, *_ = save_figure(fig, tmp_path, "robust")  # and the PDF (figures' own tests check it)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and svg.read_text().lstrip().startswith("<?xml")
 
 
@@ -761,7 +774,7 @@ def test_analysis_plots(store, tmp_path, monkeypatch):
     expect = [np.mean([acc_of("usf", s) for s in SEEDS])] + [
         np.mean([np.mean([corr_acc("usf", s, cc, sev) for cc in CORRUPTIONS]) for s in SEEDS]) for sev in SEVERITIES]
     np.testing.assert_allclose(y, expect)
-    saved = _stub_save(monkeypatch)
+    _stub_save(monkeypatch)  # figures recorded, not rendered (savefig is seconds each)
     files = {p.name for p in build_plots(store, ReportFilter(recipe="demo"), tmp_path)}
     assert {"hessian-density_lenet_fashion-mnist_train.svg", "loss-surface_lenet_fashion-mnist_train.png",
             "corruptions_lenet_fashion-mnist.png"} <= files
@@ -811,11 +824,44 @@ def test_cli_report_writes_tables_and_plots(db, tmp_path):
 def test_cli_table_choices_are_the_library_tables():
     import typing
 
-    from ssbench.cli.report import HELP, TableName
-    from ssbench.report.tables import TABLES
+    from ssbench.cli.report import HELP, FormatName, table_name
+    from ssbench.report.registry import REGISTRY, TABLES
+    from ssbench.report.render import FORMATS
 
-    assert set(typing.get_args(TableName)) == {*TABLES, "all"}
+    assert set(typing.get_args(FormatName)) == set(FORMATS)
     assert all(f"{name} =" in HELP for name in TABLES)  # --help describes every table
+    assert TABLES == tuple(n for n, t in REGISTRY.items() if t.part_of is None) and "hashing_attacks" not in TABLES
+    assert all(table_name(n) == n for n in (*TABLES, "all"))
+    with pytest.raises(typer.BadParameter, match="'hashing_attacks' is not one of 'all', 'clean'"):
+        table_name("hashing_attacks")  # built with hashing: not a choice of its own
+    # the CLI module loads no pandas: the names are checked against the registry only when given
+    import subprocess
+    import sys
+
+    code = "import sys, ssbench.cli.report; print('pandas' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_one_registry_entry_is_all_a_table_needs(db, tmp_path, monkeypatch):
+    """A table added to the registry alone is a --table choice, is built, titled, rendered in every
+    format and written to --out: no other list names it."""
+    from ssbench.report import build_report, registry
+
+    extra = registry.Table("seeds_per_rule", "Seeds per rule (a test table)",
+                           lambda fr: fr.labels[fr.labels["kind"] == "finetune"].groupby("rule", as_index=False)["seed"].nunique(),
+                           lambda df, **kw: df.astype(str))
+    monkeypatch.setitem(registry.REGISTRY, extra.name, extra)
+    monkeypatch.setattr(registry, "TABLES", (*registry.TABLES, extra.name))
+    app = _app()
+    r = CliRunner().invoke(app, ["report", "--db", db[0], "--table", "seeds_per_rule", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    import json
+
+    rows = json.loads(r.stdout)["seeds_per_rule"]
+    assert {row["rule"]: row["seed"] for row in rows}["fa"] == len(SEEDS)
+    build_report(open_store(db[0]), tables="seeds_per_rule", formats=("markdown", "latex", "csv"), out=tmp_path, plots=False)
+    assert "### Seeds per rule (a test table)" in (tmp_path / "seeds_per_rule.md").read_text()
+    assert r"\label{tab:seeds_per_rule}" in (tmp_path / "seeds_per_rule.tex").read_text()
 
 
 def test_cli_runs_and_show(db):

@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 from test_report import Cfg, populate
 
-from ssbench.report import TITLES
-from ssbench.report.figures import build_plots
-from ssbench.report.html import HtmlTable, inline_svg, render_html, write_html
+from ssbench.printing import SafeConsole
+from ssbench.report import build_report
+from ssbench.report.html import HtmlTable, inline_svg, render_html
 from ssbench.report.provenance import run_provenance
 from ssbench.report.tables import ReportFilter, build_tables, display_frame
 from ssbench.store import open_store
@@ -114,18 +114,19 @@ class Dom(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The populated fake study of test_report, its tables, figures and provenance, written as HTML."""
+    """The populated fake study of test_report, its tables, figures and provenance, written as HTML by
+    `ssbench report --format html --out DIR` (build_report, as the CLI calls it)."""
     root = tmp_path_factory.mktemp("html")
     store = open_store(f"sqlite:///{root / 'results.db'}", artifacts=root / "artifacts")
     info = populate(store)
     f = ReportFilter()
     built = build_tables(store, f, "all")
     shown = {name: display_frame(name, df) for name, df in built.items()}
-    figures = [p for p in build_plots(store, f, root / "out", built) if p.suffix == ".svg"]
+    written = build_report(store, formats=("html",), out=root / "out", console=SafeConsole(file=io.StringIO())).files
+    figures = [p for p in written if p.suffix == ".svg"]
     runs = run_provenance(store, f)
-    path = write_html(root / "out" / "report.html", title="ssbench report", about="all runs",
-                      tables=[HtmlTable(n, TITLES[n], shown[n]) for n in shown if n != "sanity"],
-                      figures=figures, flags=shown["sanity"], runs=runs)
+    path = root / "out" / "report.html"
+    assert path in written
     return {"store": store, "info": info, "shown": shown, "figures": figures, "runs": runs, "path": path}
 
 

@@ -9,10 +9,22 @@ import typer
 from ssbench.cli.options import Artifacts, Db, check_filters
 from ssbench.printing import SafeConsole
 
-# the names of ssbench.report.tables.TABLES, spelled out: importing that module here would load
-# pandas for every command (tests/test_report.py checks the two lists agree)
-TableName = Literal["clean", "robust", "leaderboard", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity", "all"]
-FormatName = Literal["terminal", "markdown", "latex", "csv"]
+# ssbench.report.render.FORMATS (tests/test_report.py checks they agree); the table names are the
+# registry's alone (ssbench.report.registry), checked when given: importing it here would load
+# pandas for every command
+FormatName = Literal["terminal", "markdown", "latex", "csv", "json", "html"]
+
+
+def table_name(value: str) -> str:
+    """--table: a name of ssbench.report.registry.TABLES, or all (a usage error otherwise, as for --format)."""
+    if value == "all":
+        return value
+    from ssbench.report.registry import TABLES
+
+    if value not in TABLES:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(repr(n) for n in ('all', *TABLES))}.")
+    return value
+
 
 HELP = (
     "Tables and plots from the results store alone (re-run it any time; nothing is recomputed).\n\n"
@@ -35,13 +47,24 @@ HELP = (
     "trainability = final training accuracy over initial weight x feedback variances (ssbench analyze trainability); "
     "sanity = failed sanity checks. Numbers marked '!' rest on failed sanity checks. Accuracies on n examples carry "
     "their Wilson 95% score interval [lo, hi] of the pooled examples beside the ± std over seeds (csv: robust_lo, robust_hi).\n\n"
-    "Only finished runs count. --out DIR writes one file per table (markdown .md, latex .tex, csv .csv) "
-    "plus PNG + SVG plots (robustness, alignment, training curves, Hessian spectrum and loss surface, "
+    "Formats: terminal = rich tables fitted to the terminal; markdown; latex = one table float per table (caption, "
+    "\\label{tab:NAME}, booktabs, accuracies in %, intervals on a second line, marks explained under the table, "
+    "scaled to the text width when wider; needs \\usepackage{booktabs,graphicx,array}); csv = the long form, "
+    "raw numbers; json = the same long rows as objects (snake_case keys, numbers as numbers, null for missing, runs "
+    "and seeds as arrays of ids): to stdout one document {table: [rows]}, with --out one NAME.json per table. "
+    "JSON is a --format rather than a --json flag because report already chooses its output with --format: json "
+    "composes with --out and --table like csv does, and there is no --json --format latex to define. "
+    "html = one self-contained page, DIR/report.html (needs --out DIR): every table, the figures inline (SVG), the "
+    "failed sanity checks and each run's provenance (config, seed, commit, versions); opens offline in a browser.\n\n"
+    "Only finished runs count. --out DIR writes one file per table (markdown .md, latex .tex, csv .csv, json .json) "
+    "plus PNG + SVG + PDF plots (robustness, alignment, training curves, Hessian spectrum and loss surface, "
     "curvature over training and PCA weight trajectories, accuracy vs corruption severity, trainability heatmap); without --out tables go to the terminal / stdout.\n\n"
     "Examples: ssbench report --recipe quickstart | "
     "ssbench report --format latex --out paper/ --dataset fashion-mnist | "
     "ssbench report --table robust --rule fa --format csv > fa.csv | "
-    "ssbench report --table leaderboard --eps 8/255"
+    "ssbench report --table leaderboard --eps 8/255 | "
+    "ssbench report --format json > results.json | "
+    "ssbench report --recipe quickstart --format html --out report/"
 )
 
 
@@ -50,15 +73,15 @@ def register(app: typer.Typer) -> None:
     def report(
         db: Db = None,
         artifacts: Artifacts = None,
-        fmt: Annotated[FormatName, typer.Option("--format", "-f", help="terminal (rich tables), markdown, latex (booktabs), csv (raw numbers, long form)")] = "terminal",
-        out: Annotated[Path | None, typer.Option(help="folder for table files and plots (PNG + SVG)")] = None,
+        fmt: Annotated[FormatName, typer.Option("--format", "-f", help="terminal (rich tables), markdown, latex (table floats for papers), csv (raw numbers, long form), json (the long rows; one document on stdout), html (one self-contained page with every table, the figures and each run's provenance: DIR/report.html; needs --out DIR)")] = "terminal",
+        out: Annotated[Path | None, typer.Option(help="folder for table files and plots (PNG + SVG + PDF)")] = None,
         recipe: Annotated[str | None, typer.Option(help="only runs of this recipe")] = None,
         tag: Annotated[str | None, typer.Option(help="only runs carrying this tag")] = None,
         dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="only this data set")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="only this model")] = None,
         rule: Annotated[str | None, typer.Option("--rule", "-r", help="only this learning rule (by name: --rule ifa keeps every ifa variant)")] = None,
-        table: Annotated[TableName, typer.Option("--table", "-t", help="which table (all = every table that has data; hashing includes hashing attacks)")] = "all",
-        plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG)")] = True,
+        table: Annotated[str, typer.Option("--table", "-t", parser=table_name, metavar="<table>", help="which table, by the names under Tables above (all = every table that has data; hashing includes hashing attacks)")] = "all",
+        plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG + PDF)")] = True,
         eps: Annotated[str | None, typer.Option("--eps", help="the leaderboard's ε, e.g. 0.1 or 8/255 [default: the largest ε every row has]")] = None,
     ) -> None:
 

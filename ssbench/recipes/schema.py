@@ -132,7 +132,7 @@ class AttackStage(Spec):
 
 
 class ReportStage(Spec):
-    formats: tuple[Literal["terminal", "markdown", "latex", "csv"], ...] = ("terminal",)
+    formats: tuple[Literal["terminal", "markdown", "latex", "csv", "json", "html"], ...] = ("terminal",)
     out: Path | None = None
     plots: bool = True
     leaderboard_eps: float | None = Field(default=None, ge=0, description="the one budget the leaderboard reports at")

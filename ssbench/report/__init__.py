@@ -3,9 +3,11 @@
     from ssbench.report import build_report
     build_report(open_store(), recipe="quickstart", formats=("terminal", "markdown"), out="report/")
 
-Library pieces: `variants` (labels that tell configurations apart, from each run's stored config),
-`tables` (pandas frames), `render` (terminal / Markdown / LaTeX / CSV), `plots` (matplotlib figures,
-PNG + SVG). Every file format renders from the full table; only the terminal gets narrow variants.
+Library pieces: `registry` (each table's definition: name, title, builder, display, hints; the only
+list of table names), `variants` (labels that tell configurations apart, from each run's stored
+config), `tables` (pandas frames), `render` (terminal / Markdown / CSV / JSON), `latex` (table floats
+for papers), `html` (the whole report as one page), `plots` (matplotlib figures, PNG + SVG + PDF). Every file format renders from the full table;
+only the terminal gets narrow variants.
 """
 from __future__ import annotations
 
@@ -20,30 +22,13 @@ from rich.console import Console
 from ssbench.printing import SafeConsole
 from ssbench.report.figures import build_plots
 from ssbench.report.outdir import check_out_dir
-from ssbench.report.render import FORMATS, SUFFIX, Format, render
-from ssbench.report.tables import TABLES, ReportFilter, build_tables, display_frame
+from ssbench.report.registry import REGISTRY, TABLES, Frames, build_tables, display_frame, select, table
+from ssbench.report.render import FORMATS, LONG_FORMATS, PAGE_FORMATS, SUFFIX, Format, json_document, render
+from ssbench.report.tables import ReportFilter
 
-TITLES = {
-    "clean": "Clean test accuracy (mean ± std over seeds; n = runs; labels carry each variant's options, e.g. ifa(θ=30), mlp[256x3], dataset[classes, train=N])",
-    "robust": ("Robust accuracy per attack x setting x gradient mode x ε: mean ± std over seeds [Wilson 95% interval of the pooled examples; "
-               "none for mAP]; worst = per-example worst case over the attack's modes; worst of all / all = per-example worst case over every "
-               "attack and mode run on the same examples (n/a where they differ); setting = what differs between sweeps of one attack; "
-               "runs = the attack runs behind a row; '!' = failed sanity checks"),
-    "leaderboard": ("Leaderboard at one ε per rule x model x data: clean = accuracy on the attacked examples; Auto Attack = AutoAttack in "
-                    "exact mode; papers = PGD with the rule's feedback gradient (what the papers measured); transfer, black box = worst over "
-                    "their sweeps; worst = per-example worst case over every attack and mode; mean ± std over seeds [Wilson 95% interval "
-                    "of the pooled examples]; '-' = not run; flags = failed sanity checks behind the row ('!' on the cells they concern)"),
-    "alignment": "Alignment per layer (mean ± std over seeds): angle(W, B) in degrees and |B|/|W| before training (init) and at the last epoch (final); grad angle = angle(rule's, true weight gradient) at the last epoch, when tracked",
-    "hashing": "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
-    "hashing_attacks": "Hashing: mAP under attack per bits x gradient mode x ε",
-    "hessian": "Hessian of the loss (ssbench analyze hessian): Hutchinson trace, top eigenvalue (Lanczos), loss; mean ± std over seeds",
-    "trajectory": "Over training (ssbench analyze trajectory): loss, Hessian trace (Hutchinson) and top eigenvalue (Lanczos) at each analysed epoch's kept weights (epoch 0 = before training); mean ± std over seeds",
-    "corruptions": "Accuracy under corruptions per severity (mean ± std over seeds); mean = over severities; 'all' = over corruptions (its mean is the mCA); clean = same examples uncorrupted",
-    "trainability": "Trainability map (ssbench analyze trainability): final training accuracy of rules trained from scratch with W ~ N(0, weight var / fan_in) and feedback ~ N(0, feedback var / fan_in) (1 = LeCun, 2 = He); mean ± std over seeds; x = non-finite loss (chance)",
-    "sanity": "FAILED sanity checks (robustness claims above that depend on these are not supported)",
-}
-TERMINAL_NOTES = {"sanity": " (details per check: --format markdown or csv)"}
 NARROW_NOTE = " (means only at this terminal width; ± std: --format markdown or csv)"
+# each table's title, read from the registry (kept for callers of the old name; prefer table(name).title)
+TITLES = {name: t.title for name, t in REGISTRY.items()}
 
 
 @dataclass
@@ -52,33 +37,26 @@ class Report:
     files: list[Path] = field(default_factory=list)
 
 
-# columns a terminal leaves out when even means-only rows do not fit (the files keep them)
-TERMINAL_SPARE = {"leaderboard": ("flags", "n"), "alignment": ("n", "init epoch", "final epoch"), "hessian": ("seeds", "split"), "trajectory": ("seeds", "split", "n"), "clean": ("seeds",),
-                  "corruptions": ("n",), "hashing": ("n",)}
-
-
 def _terminal_one(name: str, df: pd.DataFrame, title: str, width: int | None, in_title: tuple[str, ...] = ()) -> Any:
-    """The first of: full cells, means only, means only without TERMINAL_SPARE columns, that fits."""
+    """The first of: full cells, means only, means only without the table's spare columns, that fits."""
     from ssbench.report.render import fits, to_rich
 
+    hints = table(name).terminal
     tries = [(True, ())]
-    if width is not None and name != "sanity":
-        tries += [(False, ()), (False, TERMINAL_SPARE.get(name, ()))]
+    if width is not None and hints.narrow:
+        tries += [(False, ()), (False, hints.spare)]
     for std, spare in tries:
         shown = display_frame(name, df, std=std, compact=True)
         left_out = [c for c in spare if c in shown.columns]
         shown = _without(shown, (*in_title, *left_out))
         note = "" if std else NARROW_NOTE if not left_out else \
             f" (at this terminal width: means only, without {', '.join(left_out)}; all of it: --format markdown or csv)"
-        table = to_rich(shown, title + note, width)
-        if width is None or fits(table, width):
+        rich_table = to_rich(shown, title + note, width)
+        if width is None or fits(rich_table, width):
             break
-    return table
+    return rich_table
 
 
-# how a too-wide terminal table is split, in order: the split-off labels move into the sub-table titles
-TERMINAL_SPLITS = {"robust": (("model", "dataset"), ("attack",)), "hashing_attacks": (("model", "dataset"), ("attack",)),
-                   "leaderboard": (("model", "dataset"), ("epsilon",))}
 SHOWN_AS = {"epsilon": "ε"}  # long-frame columns the display names otherwise
 
 
@@ -118,8 +96,9 @@ def terminal_tables(name: str, df: pd.DataFrame, title: str, width: int | None) 
     formats never see these narrow variants."""
     from rich.text import Text
 
-    title += TERMINAL_NOTES.get(name, "")
-    parts = _fit(name, df, title, width, (), TERMINAL_SPLITS.get(name, (("model", "dataset"),)))
+    hints = table(name).terminal
+    title += hints.note
+    parts = _fit(name, df, title, width, (), hints.splits)
     if len(parts) == 1 and parts[0].title is not None and parts[0].title.startswith(title[:20]):
         return parts
     return [Text(title, style="italic"), *parts]  # the long title once, short ones per part
@@ -142,42 +121,42 @@ def build_report(
     eps: float | None = None,
 ) -> Report:
     """Build the tables (and, with `out`, table files + plots). Terminal tables go to `console`; other
-    formats go to `<out>/<table>.<md|tex|csv>`, or to `console` as text when there is no `out`.
-    Messages (no data, failed sanity checks, files written) go to `notes` (default: `console`), so a
-    caller piping CSV to stdout can send them to stderr. `eps`: the leaderboard's ε (default: the
-    largest ε every row has)."""
+    formats go to `<out>/<table>.<md|tex|csv|json>`, or to `console` as text when there is no `out`
+    (json: one document {table: rows} for all tables). Messages (no data, failed sanity checks,
+    files written) go to `notes` (default: `console`), so a caller piping CSV or JSON to stdout can
+    send them to stderr. `eps`: the leaderboard's ε (default: the largest ε every row has)."""
     console = console or SafeConsole()
     notes = notes or console
-    if tables != "all" and tables not in TABLES:
+    check_request(tables, formats)
+    if out is None and any(fmt in PAGE_FORMATS for fmt in formats):
         from ssbench.errors import SpecError
 
-        raise SpecError(f"unknown table {tables!r}; choose from: {', '.join(('all', *TABLES))}")
-    for fmt in formats:
-        if fmt not in FORMATS:
-            from ssbench.errors import SpecError
-
-            raise SpecError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
+        raise SpecError("--format html writes one file with its figures: give --out DIR")
     out_dir = check_out_dir(out) if out is not None else None  # before any table is built
     f = ReportFilter(recipe=recipe, tag=tag, dataset=dataset, model=model, rule=rule)
-    built = build_tables(store, f, tables, eps=eps)
+    frames = Frames(store, f, eps)  # loaded once, for every table
+    built = build_tables(store, f, tables, frames=frames)
     report = Report(built)
     if not any(not df.empty for df in built.values()):
         what = ", ".join(f"{k}={v}" for k, v in f.kwargs().items()) or "no filters"
         notes.print(f"[yellow]no finished runs with {tables if tables != 'all' else 'results'} match ({what}); "
                       "see `ssbench runs`[/]")
     for name, df in built.items():
-        title = TITLES.get(name, name)
+        t = table(name)
         for fmt in formats:
             if df.empty:
                 if fmt == "terminal":
                     notes.print(f"[dim]{name}: no data[/]")
                 continue
             if fmt == "terminal":
-                for table in terminal_tables(name, df, title, console.width):
-                    console.print(table)
+                for part in terminal_tables(name, df, t.title, console.width):
+                    console.print(part)
                 continue
+            if (fmt == "json" and out_dir is None) or fmt in PAGE_FORMATS:
+                continue  # one document for all tables, below
             # every file format renders from the full frame: nothing a terminal chose carries over
-            text = render(df if fmt == "csv" else display_frame(name, df), fmt, title=title)
+            shown = df if fmt in LONG_FORMATS else t.show(df, percent=fmt == "latex")  # papers print accuracies in %
+            text = render(shown, fmt, title=t.title, table=t)
             if out_dir is not None:
                 out_dir.mkdir(parents=True, exist_ok=True)
                 path = out_dir / f"{name}{SUFFIX[fmt]}"
@@ -185,20 +164,46 @@ def build_report(
                 report.files.append(path)
             else:
                 console.print(text, markup=False, highlight=False, soft_wrap=True)
-    failed = built.get("sanity")
-    if failed is None:
-        from ssbench.report.tables import sanity_table
-
-        failed = sanity_table(store, f)
+    if "json" in formats and out_dir is None:
+        console.print(json_document(built), markup=False, highlight=False, soft_wrap=True, end="")
+    failed = built["sanity"] if "sanity" in built else REGISTRY["sanity"].build(frames)
     if not failed.empty:
         notes.print(f"[bold red]{len(failed)} sanity check(s) failed[/] [red]in {failed['run'].nunique()} attack "
                       "run(s); see `ssbench report --table sanity`. Numbers marked '!' rest on them.[/]")
     if out_dir is not None and plots:
-        report.files += build_plots(store, f, out_dir, built)
+        report.files += build_plots(store, f, out_dir, built, frames=frames)
+    if out_dir is not None and "html" in formats:
+        report.files.append(_html_page(store, f, out_dir, built, failed, report.files))
     if out_dir is not None and report.files:
         notes.print(f"wrote {len(report.files)} files to {out_dir}")
     return report
 
 
-__all__ = ["build_report", "build_plots", "check_out_dir", "terminal_tables", "Report", "ReportFilter", "build_tables", "display_frame",
-           "render", "FORMATS"]
+def _html_page(store: Any, f: ReportFilter, out_dir: Path, built: dict[str, pd.DataFrame], failed: pd.DataFrame,
+               files: list[Path]) -> Path:
+    """`<out>/report.html`: every table with data, the SVG figures just written, the failed checks and
+    the runs' provenance in one self-contained page."""
+    from ssbench.report.html import HtmlTable, write_html
+    from ssbench.report.provenance import run_provenance
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return write_html(
+        out_dir / "report.html", title="ssbench report",
+        about=", ".join(f"{k}={v}" for k, v in f.kwargs().items()) or "all runs",
+        tables=[HtmlTable(n, table(n).title, table(n).show(df)) for n, df in built.items() if n != "sanity" and not df.empty],
+        figures=[p for p in files if p.suffix == ".svg"],
+        flags=table("sanity").show(failed), runs=run_provenance(store, f))
+
+
+def check_request(tables: str = "all", formats: Sequence[str] = ()) -> None:
+    """One line (SpecError) for an unknown table or format, before anything is opened or built."""
+    select(tables)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            from ssbench.errors import SpecError
+
+            raise SpecError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
+
+
+__all__ = ["build_report", "build_plots", "check_out_dir", "check_request", "terminal_tables", "Report", "ReportFilter", "REGISTRY",
+           "TABLES", "TITLES", "Frames", "build_tables", "display_frame", "json_document", "render", "table", "FORMATS"]

@@ -39,12 +39,14 @@ def _curves(metrics: pd.DataFrame) -> bool:
     return bool(len(metrics)) and int(metrics.groupby("run_id")["epoch"].nunique().max()) >= 2
 
 
-def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.DataFrame] | None = None) -> list[Path]:
+def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.DataFrame] | None = None,
+                frames: Any = None) -> list[Path]:
     """Robustness curves per model x dataset x bits x metric, alignment over epochs, training curves,
     Hessian eigenvalue densities and loss surfaces, accuracy vs corruption severity. Model and dataset
     are variant labels (mlp[256x3], fashion-mnist[5-9]), so variants never share a file; titles give
     them in words (`ssbench.report.words`). `tables`: frames already built (by table name), reused
-    instead of querying the store again."""
+    instead of querying the store again; `frames`: the report's `registry.Frames` (run labels and
+    robust sweeps loaded once for tables and plots)."""
     from ssbench.report import plots
     from ssbench.report.tables import (
         attach_labels,
@@ -57,10 +59,10 @@ def build_plots(store: Any, f: ReportFilter, out: Path, tables: dict[str, pd.Dat
         trajectory_points,
     )
 
-    labels = labels_of(store)
+    labels = frames.labels if frames is not None else labels_of(store)
     figure_keys = ["model", "dataset", "bits"]
     files: list[Path] = []
-    robust = robust_table(store, f, labels=labels)
+    robust = frames.robust if frames is not None else robust_table(store, f, labels=labels)
     if not robust.empty:
         for (model, dataset, bits, metric), sub in robust.groupby([*figure_keys, "metric"], sort=False, dropna=False):
             if sub["robust_mean"].isna().all():

@@ -162,9 +162,10 @@ def _aggregate(labels: dict[str, Any], eps: float, per_target: list[tuple[Any, d
     return row
 
 
-def leaderboard_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True) -> pd.DataFrame:
+def leaderboard_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True, percent: bool = False) -> pd.DataFrame:
     """Display form: labels, ε, one cell per column ('0.512 ± 0.020 [0.468, 0.556]', '!' = failed checks
-    behind it, '-' = not run, 'n/a (why)', '(2/3 seeds)' where only some seeds have it), flags, n."""
+    behind it, '-' = not run, 'n/a (why)', '(2/3 seeds)' where only some seeds have it), flags, n.
+    `percent`: accuracies in % with one decimal ('51.2 ± 2.0 [46.8, 55.6]')."""
     from ssbench.report.tables import _drop_uninformative, _eps_label, _label_strings, _robust_cell
 
     if df.empty:
@@ -178,7 +179,7 @@ def leaderboard_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True) -
         cells = []
         for _, r in df.iterrows():
             cell = _robust_cell(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_lo"], r[f"{c}_hi"], r[f"{c}_failed"],
-                                r[f"{c}_note"], std) or "-"
+                                r[f"{c}_note"], std, percent) or "-"
             if cell != "-" and 0 < r[f"{c}_targets"] < r["n"] and std:  # before the '!': flags end a cell
                 flag = "!" if cell.endswith("!") else ""
                 cell = f"{cell.removesuffix('!')} ({int(r[f'{c}_targets'])}/{int(r['n'])} seeds){flag}"

@@ -1,8 +1,14 @@
-"""Render a DataFrame as a rich table (terminal), Markdown, LaTeX (booktabs) or CSV."""
+"""Render a DataFrame as a rich table (terminal), Markdown, LaTeX (table floats, booktabs), CSV or JSON.
+
+JSON (`to_json_rows`, `json_document`) is the long frame as row objects: the frame's snake_case
+columns as keys, numbers as numbers, NaN / missing as null, the comma-separated id lists `runs` and
+`seeds` as arrays of integers."""
 from __future__ import annotations
 
 import io
-from typing import Literal
+import json
+import math
+from typing import Any, Literal
 
 import pandas as pd
 from rich.console import Console
@@ -13,9 +19,12 @@ from ssbench.printing import SafeConsole
 from ssbench.report.cells import cells, is_numeric_column
 from ssbench.report.latex import to_latex
 
-Format = Literal["terminal", "markdown", "latex", "csv"]
-FORMATS: tuple[Format, ...] = ("terminal", "markdown", "latex", "csv")
-SUFFIX = {"terminal": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv"}
+Format = Literal["terminal", "markdown", "latex", "csv", "json", "html"]
+FORMATS: tuple[Format, ...] = ("terminal", "markdown", "latex", "csv", "json", "html")
+SUFFIX = {"terminal": ".txt", "markdown": ".md", "latex": ".tex", "csv": ".csv", "json": ".json", "html": ".html"}
+PAGE_FORMATS = ("html",)  # one file for the whole report (ssbench.report.html), not one per table
+LONG_FORMATS = ("csv", "json")  # rendered from the long frame (numbers); the others from the display frame
+ID_LISTS = ("runs", "seeds")  # "3,4,5" in a long frame
 
 
 def to_rich(df: pd.DataFrame, title: str | None = None, width: int | None = None) -> Table:
@@ -80,14 +89,43 @@ def to_csv(df: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def render(df: pd.DataFrame, fmt: Format, *, title: str | None = None, console: Console | None = None) -> str:
-    """The table as text in `fmt`. terminal: printed to `console` when given, and returned as plain text."""
+def _json_value(column: str, v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _json_value("", x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_value("", x) for x in v]
+    if hasattr(v, "tolist") and not isinstance(v, str):  # numpy scalars and arrays
+        return _json_value(column, v.tolist())
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and not math.isfinite(v)):
+        return None  # NaN = missing; no long frame stores an infinity
+    if column in ID_LISTS and isinstance(v, str):
+        return [int(x) for x in v.split(",") if x.strip()]
+    return v
+
+
+def to_json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """The long frame as row objects (see the module docstring)."""
+    columns = [str(c) for c in df.columns]
+    return [{c: _json_value(c, v) for c, v in zip(columns, row)} for row in df.itertuples(index=False, name=None)]
+
+
+def json_document(tables: dict[str, pd.DataFrame]) -> str:
+    """{table name: its rows}, one JSON document (strict: no NaN literals)."""
+    return json.dumps({name: to_json_rows(df) for name, df in tables.items()}, ensure_ascii=False, allow_nan=False, indent=1) + "\n"
+
+
+def render(df: pd.DataFrame, fmt: Format, *, title: str | None = None, table: Any = None, console: Console | None = None) -> str:
+    """The table as text in `fmt`. terminal: printed to `console` when given, and returned as plain text.
+    latex: `table` is the registry's definition (label, marks, splits; see `latex.to_latex`).
+    csv / json take the long frame, the others its display frame."""
     if fmt == "markdown":
         return to_markdown(df, title)
     if fmt == "latex":
-        return to_latex(df, title)
+        return to_latex(df, title, table=table)
     if fmt == "csv":
         return to_csv(df)
+    if fmt == "json":
+        return json.dumps(to_json_rows(df), ensure_ascii=False, allow_nan=False, indent=1) + "\n"
     if fmt == "terminal":
         table = to_rich(df, title, console.width if console is not None else None)
         if console is not None:

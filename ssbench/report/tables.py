@@ -1,7 +1,8 @@
 """Report tables as pandas DataFrames, built from the store's frames only.
 
-Every builder returns a *long* numeric frame (what CSV gets); `display_frame` turns one into
-strings ("0.912 ± 0.004") for the terminal, Markdown and LaTeX. Only finished runs count.
+Every builder returns a *long* numeric frame (what CSV and JSON get); each table's display function
+(below; `ssbench.report.registry` names which is whose) turns one into strings ("0.912 ± 0.004")
+for the terminal, Markdown and LaTeX. Only finished runs count.
 
 Rows are grouped by the variant labels of `ssbench.report.variants` (rule with its options, model
 with its widths, dataset with its class subset / training-set size, hash bits, any other config
@@ -358,29 +359,29 @@ def _drop_uninformative(df: pd.DataFrame, constant: tuple[str, ...] = ()) -> lis
     return drop
 
 
-def _robust_cell(mean: Any, std: Any, lo: Any, hi: Any, failed: Any, note: Any, full: bool) -> str:
+def _robust_cell(mean: Any, std: Any, lo: Any, hi: Any, failed: Any, note: Any, full: bool, percent: bool = False) -> str:
     """'0.512 ± 0.020 [0.468, 0.556]!': mean ± std over seeds, the Wilson 95% interval of the pooled
     examples, '!' = failed sanity checks behind it; 'n/a (why)' where a worst case cannot be formed.
-    `full=False`: the mean alone, 'n/a' alone (narrow terminals)."""
+    `full=False`: the mean alone, 'n/a' alone (narrow terminals). `percent`: '51.2 ± 2.0 [46.8, 55.6]'."""
     flag = "!" if not _blank(failed) and failed else ""
     if mean is None or pd.isna(mean):
         if not (isinstance(note, str) and note):
             return ""
         return (note if full else note.split(" ")[0]) + flag  # narrow: 'n/a', the reason is in the files
-    text = _pm(mean, std if full else None)
-    interval = interval_text(lo, hi) if full else ""
+    text = _acc(mean, std if full else None, percent)
+    interval = (interval_text(_x100(lo), _x100(hi), 1) if percent else interval_text(lo, hi)) if full else ""
     return f"{text} {interval}{flag}" if interval else text + flag
 
 
-def robust_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True) -> pd.DataFrame:
+def robust_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True, percent: bool = False) -> pd.DataFrame:
     """Display form of `robust_table`: one row per variant x attack x setting x mode, one column per
     epsilon (cells: see `_robust_cell`), then the attack runs behind the row (`runs=False`: left out,
-    as the terminal does). `std=False`: means only (narrow terminals)."""
+    as the terminal does). `std=False`: means only (narrow terminals); `percent`: see `_acc`."""
     if df.empty:
         return pd.DataFrame()
     df = _label_strings(df)
     get = lambda c: df[c] if c in df.columns else [None] * len(df)  # noqa: E731  `ssbench show` passes bare sweep rows
-    df["cell"] = [_robust_cell(m, s, lo, hi, fc, note, std) for m, s, lo, hi, fc, note in
+    df["cell"] = [_robust_cell(m, s, lo, hi, fc, note, std, percent) for m, s, lo, hi, fc, note in
                   zip(df["robust_mean"], get("robust_std"), get("robust_lo"), get("robust_hi"), df["failed_checks"], get("note"))]
     df["eps"] = [_eps_label(e, norm) for e, norm in zip(df["epsilon"], df["norm"])]
     index = ["kind", "model", "dataset", "bits", "attack", "setting", "metric", "rule", "variant", "mode"]
@@ -501,7 +502,7 @@ def hashing_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     return out[cols]
 
 
-def hashing_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+def hashing_wide(df: pd.DataFrame, *, std: bool = True, **_: Any) -> pd.DataFrame:
     """Display form of `hashing_table`: one row per variant (bits included), one column per metric."""
     if df.empty:
         return pd.DataFrame()
@@ -678,7 +679,7 @@ def corruption_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Da
     return out[cols]
 
 
-def corruption_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+def corruption_wide(df: pd.DataFrame, *, std: bool = True, percent: bool = False, **_: Any) -> pd.DataFrame:
     """Display form of `corruption_table`: one row per variant x corruption, columns clean, severities,
     mean ('all' rows: means over corruptions; its mean is the mCA)."""
     if df.empty:
@@ -687,7 +688,7 @@ def corruption_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
     df["col"] = ["mean" if pd.isna(s) else ("clean" if c == "none" else str(int(s)))
                  for c, s in zip(df["corruption"], df["severity"])]
     df.loc[df["corruption"] == "none", "corruption"] = "all"  # clean sits in the 'all' row
-    df["cell"] = [_pm(m, s if std else None) for m, s in zip(df["accuracy_mean"], df["accuracy_std"])]
+    df["cell"] = [_acc(m, s if std else None, percent) for m, s in zip(df["accuracy_mean"], df["accuracy_std"])]
     index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant", "corruption")
              if c not in _drop_uninformative(df, ("kind", "model", "dataset"))]
     sev = sorted({int(s) for s in df["severity"].dropna() if int(s) > 0})
@@ -740,13 +741,13 @@ def trainability_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.
     return _sort(out[cols], ["model", "dataset", "bits", "rule", "variant", "feedback_var", "weight_var"])
 
 
-def trainability_wide(df: pd.DataFrame, *, std: bool = True) -> pd.DataFrame:
+def trainability_wide(df: pd.DataFrame, *, std: bool = True, percent: bool = False, **_: Any) -> pd.DataFrame:
     """Display form of `trainability_table`: the map itself, one row per configuration x feedback
     variance, one column per weight variance; 'x' = a seed's loss turned non-finite."""
     if df.empty:
         return pd.DataFrame()
     df = _label_strings(df)
-    df["cell"] = [_pm(m, s if std else None) + (" x" if k else "")
+    df["cell"] = [_acc(m, s if std else None, percent) + (" x" if k else "")
                   for m, s, k in zip(df["accuracy_mean"], df["accuracy_std"], df["nonfinite"])]
     df["feedback var"] = [f"{v:g}" for v in df["feedback_var"]]
     df["col"] = [f"weight var {v:g}" for v in df["weight_var"]]
@@ -782,6 +783,10 @@ def sanity_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFr
 
 
 # -- display ------------------------------------------------------------------------------------
+# Each table's display function (registered in ssbench.report.registry) takes the long frame and
+# std=True (False: means only, for narrow terminals), compact=False (True: the terminal's form),
+# percent=False (True: accuracies in % with one decimal, as papers print them; LaTeX) and returns
+# strings for humans. Every display accepts all three keywords, whether or not it uses them.
 
 def _pm(mean: Any, std: Any, digits: int = 3) -> str:
     if mean is None or pd.isna(mean):
@@ -791,6 +796,15 @@ def _pm(mean: Any, std: Any, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def _x100(v: Any) -> Any:
+    return None if v is None else v * 100
+
+
+def _acc(mean: Any, std: Any, percent: bool = False) -> str:
+    """An accuracy (a proportion): '0.912 ± 0.004', or with `percent` '91.2 ± 0.4'."""
+    return _pm(_x100(mean), _x100(std), 1) if percent else _pm(mean, std, 3)
+
+
 def _sig(mean: Any, std: Any) -> str:
     """4 significant digits for quantities without a natural scale (curvature)."""
     if mean is None or pd.isna(mean):
@@ -798,43 +812,27 @@ def _sig(mean: Any, std: Any) -> str:
     return f"{mean:.4g}" + ("" if std is None or pd.isna(std) else f" ± {std:.2g}")
 
 
-MERGED = {  # prefix of <prefix>_mean / _std -> (digits of "mean ± std", None = 4 significant; display header)
-    "accuracy": (3, "accuracy"), "angle_initial": (1, "angle init"), "angle_final": (1, "angle final"),
+MERGED = {  # prefix of <prefix>_mean / _std -> (digits of "mean ± std", None = 4 significant, "acc" = see _acc; display header)
+    "accuracy": ("acc", "accuracy"), "angle_initial": (1, "angle init"), "angle_final": (1, "angle final"),
     "norm_ratio_initial": (2, "|B|/|W| init"), "norm_ratio_final": (2, "|B|/|W| final"),
     "grad_angle_final": (1, "grad angle final"), "trace": (None, "trace"), "top_eig": (None, "top eigenvalue"),
     "loss": (3, "loss"),
 }
 
 
-def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: bool = False) -> pd.DataFrame:
-    """Strings for humans: mean ± std merged, long robust / hashing / corruption tables pivoted.
-    `std=False`: means only (a terminal too narrow for ± std); `compact=True`: the terminal's sanity
-    table without the free-text columns."""
+def _merged(digits: Any, mean: Any, std: Any, percent: bool) -> str:
+    if digits == "acc":
+        return _acc(mean, std, percent)
+    return _sig(mean, std) if digits is None else _pm(mean, std, digits)
+
+
+def long_display(df: pd.DataFrame, *, std: bool = True, percent: bool = False, keep_kind: bool = False, **_: Any) -> pd.DataFrame:
+    """The display of a table that keeps its long rows: labels as strings, <x>_mean / <x>_std merged
+    into 'mean ± std' (MERGED), counts as integers. `keep_kind`: keep a single-valued kind column."""
     if df.empty:
         return df
-    if name in ("robust", "hashing_attacks"):
-        return robust_wide(df, std=std, runs=not compact)
-    if name == "leaderboard":
-        from ssbench.report.leaderboard import leaderboard_wide
-
-        return leaderboard_wide(df, std=std, runs=not compact)
-    if name == "hashing":
-        return hashing_wide(df, std=std)
-    if name == "corruptions":
-        return corruption_wide(df, std=std)
-    if name == "trainability":
-        return trainability_wide(df, std=std)
     out = _label_strings(df)
-    # kind is the point of the clean table (pretrain vs fine-tuned); elsewhere a single kind says nothing
-    out = out.drop(columns=_drop_uninformative(out, () if name == "clean" else ("kind",)))
-    if name == "sanity":  # narrow enough for a terminal: constant columns say nothing
-        out = out.drop(columns=[c for c in ("model", "dataset") if out[c].nunique(dropna=False) == 1])
-        if compact:
-            out = out[[c for c in SANITY_COMPACT if c in out.columns]]
-    if name == "alignment":
-        out = out.drop(columns=[c for c in ("grad_angle_final_mean", "grad_angle_final_std") if out[c].isna().all()])
-        if (out["initial_epoch"] == 0).all():
-            out = out.drop(columns=["initial_epoch"])  # 'init' is epoch 0 (before training), as the title says
+    out = out.drop(columns=_drop_uninformative(out, () if keep_kind else ("kind",)))
     if "variant" in out.columns and "rule" in out.columns:  # a rule's variant reads next to it
         cols = [c for c in out.columns if c != "variant"]
         cols.insert(cols.index("rule") + 1, "variant")
@@ -844,11 +842,9 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
         if m in out.columns:
             pos = list(out.columns).index(m)
             sd = out[s] if s in out.columns and std else [None] * len(out)
-            merged = [_sig(a, b) if digits is None else _pm(a, b, digits) for a, b in zip(out[m], sd)]
+            merged = [_merged(digits, a, b, percent) for a, b in zip(out[m], sd)]
             out = out.drop(columns=[c for c in (m, s) if c in out.columns])
             out.insert(pos, header, merged)
-    if "value" in out.columns and name == "sanity":
-        out["value"] = [("" if v is None or pd.isna(v) else f"{v:.4g}") for v in out["value"]]
     for c in ("target", "seed", "initial_epoch", "final_epoch", "n", "epoch"):
         if c in out.columns:
             out[c] = [("" if v is None or pd.isna(v) else str(int(v))) for v in out[c]]
@@ -856,39 +852,38 @@ def display_frame(name: str, df: pd.DataFrame, *, std: bool = True, compact: boo
     return out.astype(object).where(out.notna(), "").astype(str)
 
 
-TABLES = ("clean", "robust", "leaderboard", "alignment", "hashing", "hessian", "trajectory", "corruptions", "trainability", "sanity")
+def clean_display(df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
+    """kind is the point of the clean table (pretrain vs fine-tuned): kept even when single."""
+    return long_display(df, keep_kind=True, **kw)
 
 
-def build_tables(store: Any, f: ReportFilter = ReportFilter(), which: str = "all", eps: float | None = None) -> dict[str, pd.DataFrame]:
-    """The named tables ('all' = every one that has data; a named one is returned even when empty).
-    'hashing' also yields 'hashing_attacks'. `eps`: the leaderboard's ε (default: the largest every row has)."""
-    names = TABLES if which == "all" else (which,)
-    labels = labels_of(store)
-    out: dict[str, pd.DataFrame] = {}
-    robust = None
-    for name in names:
-        if name == "clean":
-            out["clean"] = clean_table(store, f, labels)
-        elif name == "robust":
-            robust = robust_table(store, f, labels=labels)
-            out["robust"] = robust[~robust["metric"].map(_retrieval_metric)].reset_index(drop=True) if not robust.empty else robust
-        elif name == "leaderboard":
-            out["leaderboard"] = leaderboard(store, f, labels, eps)
-        elif name == "alignment":
-            out["alignment"] = alignment_table(store, f, labels)
-        elif name == "hashing":
-            out["hashing"] = hashing_table(store, f, labels)
-            out["hashing_attacks"] = hashing_attack_table(store, f, robust, labels)
-        elif name == "hessian":
-            out["hessian"] = hessian_table(store, f, labels)
-        elif name == "trajectory":
-            out["trajectory"] = trajectory_table(store, f, labels)
-        elif name == "corruptions":
-            out["corruptions"] = corruption_table(store, f, labels)
-        elif name == "trainability":
-            out["trainability"] = trainability_table(store, f, labels)
-        elif name == "sanity":
-            out["sanity"] = sanity_table(store, f, labels)
-    if which == "all":
-        out = {k: v for k, v in out.items() if not v.empty}
-    return out
+def alignment_display(df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
+    """Without the gradient angle when no run tracked it, and without the initial epoch when it is 0
+    everywhere ('init' is before training, as the title says)."""
+    if df.empty:
+        return df
+    df = df.drop(columns=[c for c in ("grad_angle_final_mean", "grad_angle_final_std") if df[c].isna().all()])
+    if (df["initial_epoch"] == 0).all():
+        df = df.drop(columns=["initial_epoch"])
+    return long_display(df, **kw)
+
+
+def sanity_display(df: pd.DataFrame, *, compact: bool = False, **kw: Any) -> pd.DataFrame:
+    """Constant model / dataset columns left out; `compact`: the terminal's columns (SANITY_COMPACT),
+    without the free-text detail."""
+    if df.empty:
+        return df
+    df = df.assign(value=[("" if v is None or pd.isna(v) else f"{v:.4g}") for v in df["value"]])
+    out = long_display(df, **kw)
+    out = out.drop(columns=[c for c in ("model", "dataset") if out[c].nunique(dropna=False) == 1])
+    return out[[c for c in SANITY_COMPACT if c in out.columns]] if compact else out
+
+
+def __getattr__(name: str) -> Any:
+    """`build_tables`, `display_frame` and `TABLES` live in ssbench.report.registry (which imports this
+    module); they are still reachable from here."""
+    if name in ("build_tables", "display_frame", "TABLES"):
+        from ssbench.report import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
