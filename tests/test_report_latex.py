@@ -213,6 +213,11 @@ def test_json_of_one_table_and_json_files(db, tmp_path):
     assert set(json.loads(r.stdout)) == {"hashing", "hashing_attacks"}  # built together, as the terminal shows them
     r = CliRunner().invoke(_app(), ["report", "--db", db[0], "--table", "clean", "--format", "json", "--recipe", "nosuch"])
     assert r.exit_code == 0 and json.loads(r.stdout) == {"clean": []}  # a named table is a stable key, even empty
+    flag = CliRunner().invoke(_app(), ["report", "--db", db[0], "--table", "hashing", "--json", "--rule", "fa"])
+    fmt = CliRunner().invoke(_app(), ["report", "--db", db[0], "--table", "hashing", "--format", "json", "--rule", "fa"])
+    assert flag.exit_code == 0 and json.loads(flag.stdout) == json.loads(fmt.stdout)  # --json = --format json
+    both = CliRunner().invoke(_app(), ["report", "--db", db[0], "--json", "--format", "csv"])
+    assert both.exit_code == 2 and "--json is --format json; it cannot go with --format csv" in both.output
     out = tmp_path / "out"
     r = CliRunner().invoke(_app(), ["report", "--db", db[0], "--recipe", "demo", "--format", "json", "--out", str(out), "--no-plots"])
     assert r.exit_code == 0, r.output

@@ -83,12 +83,19 @@ def register(app: typer.Typer) -> None:
         table: Annotated[str, typer.Option("--table", "-t", parser=table_name, metavar="<table>", help="which table, by the names under Tables above (all = every table that has data; hashing includes hashing attacks)")] = "all",
         plots: Annotated[bool, typer.Option("--plots/--no-plots", help="with --out: also draw the plots (PNG + SVG + PDF)")] = True,
         eps: Annotated[str | None, typer.Option("--eps", help="the leaderboard's ε, e.g. 0.1 or 8/255 [default: the largest ε every row has]")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="the same as --format json (as runs --json and show --json)")] = False,
     ) -> None:
 
         from ssbench.report import build_report
         from ssbench.store import open_store
 
         rule, model, dataset = check_filters(rule=rule, model=model, dataset=dataset)
+        if as_json:
+            if fmt not in ("terminal", "json"):
+                from ssbench.errors import SpecError
+
+                raise SpecError(f"--json is --format json; it cannot go with --format {fmt}")
+            fmt = "json"
         # machine formats to stdout must stay parseable: no wrapping, no colour, messages on stderr
         piped = fmt != "terminal" and out is None
         console = SafeConsole(soft_wrap=True, color_system=None) if piped else SafeConsole()
