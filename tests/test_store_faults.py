@@ -120,7 +120,7 @@ def assert_reads_and_refuses_writes(folder: Path, tmp_path: Path, why: str) -> N
     assert "pretrain" in listing.stdout and "finished" in listing.stdout
     show = ssbench("show", "1", "--db", db_url(folder))
     assert show.returncode == 0 and "run 1" in show.stdout, show.stderr
-    report = ssbench("report", "--out", str(tmp_path / "report"), "--db", db_url(folder))
+    report = ssbench("report", "--format", "markdown", "--out", str(tmp_path / "report"), "--db", db_url(folder))
     assert report.returncode == 0, report.stderr
     assert any((tmp_path / "report").iterdir())
     write = ssbench(*PRETRAIN, "--db", db_url(folder))
