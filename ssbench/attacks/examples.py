@@ -26,15 +26,17 @@ class AttackExamples:
     scorer: Scorer
     pool: tuple[Tensor, Tensor]  # starting points of decision-based attacks
     num_classes: int
-    clean: dict[str, float]  # the target's clean scores, logged as evaluations
-    clean_params: dict[str, Any]
+    clean_params: dict[str, Any]  # params of the clean evaluations the run logs
     summary: dict[str, Any]  # what the run records about its examples
     references: dict[str, Any] = field(default_factory=dict)  # per gradient mode: what the attacker knows
+    clean: dict[str, float] = field(init=False)  # the target's clean scores (means), logged as evaluations
+    clean_scores: Tensor = field(init=False)  # per example (what check eps0_equals_clean compares with)
 
-    @property
-    def clean_scores(self) -> Tensor:
-        """Per example: the target's clean score (what check eps0_equals_clean compares with)."""
-        return self.scorer.score(self.x, torch.arange(len(self.x), device=self.x.device))[self.scorer.metric]
+    def __post_init__(self) -> None:
+        # one clean pass over the examples, for the logged means and the per-example scores alike
+        per = self.scorer.score(self.x, torch.arange(len(self.x), device=self.x.device))
+        self.clean_scores = per[self.scorer.metric]
+        self.clean = {k: float(v.float().mean()) for k, v in per.items()}
 
 
 def examples_for(target: Any, surrogate: Any, spec: AttackSpec, device: torch.device) -> AttackExamples:
@@ -47,10 +49,7 @@ def examples_for(target: Any, surrogate: Any, spec: AttackSpec, device: torch.de
     indices = select_indices(len(bundle.test), spec.n_examples, spec.seed)
     x, y = stack_examples(bundle.test, indices, device)
     scorer = Accuracy(target.model.eval(), y, spec.batch_size, bundle.num_classes)
-    ex = AttackExamples(x, y, scorer, (x, y), bundle.num_classes, {}, {"n": len(indices), "clean": True},
-                        {"indices": indices})
-    ex.clean = {"accuracy": float(ex.clean_scores.float().mean())}
-    return ex
+    return AttackExamples(x, y, scorer, (x, y), bundle.num_classes, {"n": len(indices), "clean": True}, {"indices": indices})
 
 
 def _retrieval(target: Any, surrogate: Any, bundle: Any, spec: AttackSpec, device: torch.device) -> AttackExamples:
@@ -65,7 +64,5 @@ def _retrieval(target: Any, surrogate: Any, bundle: Any, spec: AttackSpec, devic
     if surrogate is not None:
         refs["transfer"] = reference(surrogate.model.eval(), sets, device)
     pool_x, pool_y = retrieval_pool(sets, spec.seed)
-    ex = AttackExamples(x, y, scorer, (pool_x.to(device), pool_y.to(device)), sets.num_classes, {},
-                        {"queries": len(y), "suite": "hashing", "clean": True}, {"retrieval_split": used}, refs)
-    ex.clean = {k: float(v.float().mean()) for k, v in scorer.score(x, torch.arange(len(x), device=device)).items()}
-    return ex
+    return AttackExamples(x, y, scorer, (pool_x.to(device), pool_y.to(device)), sets.num_classes,
+                          {"queries": len(y), "suite": "hashing", "clean": True}, {"retrieval_split": used}, refs)
