@@ -295,3 +295,42 @@ def test_compiled_model_gives_the_eager_loss_trajectory(rule: str) -> None:
     for (_, a), (_, b) in zip(feedback_layers(compiled_model), feedback_layers(eager_model)):
         assert int(a.feedback_step) == int(b.feedback_step)
         assert a.ran_forward  # the side effect alignment metrics read survives compilation
+
+
+# ------------------------------------------------------------------ the kept compute-dtype copy of a fixed B
+
+
+@pytest.mark.parametrize("change", ["in_place", "load_state_dict", "new_buffer", "data", "data_twice"])
+def test_kept_bf16_copy_of_a_fixed_B_follows_every_change_of_the_state(change: str) -> None:
+    """fa's B is cast to bf16 once and kept; whatever changes the stored B, the next backward uses
+    the new one (hand-computed g B in bf16), never the stale copy."""
+    torch.manual_seed(10)
+    layer = convert(nn.Sequential(nn.Linear(6, 4)), "fa", seed=3)[0]
+    x, g = torch.randn(5, 6), torch.randn(5, 4)
+
+    def input_grad() -> torch.Tensor:
+        xg = x.clone().requires_grad_(True)
+        with _autocast():
+            out = layer(xg)
+        out.backward(g.to(out.dtype))
+        return xg.grad
+
+    first = input_grad()
+    torch.testing.assert_close(first, (g.to(BF16) @ layer.feedback_state.to(BF16)).float(), rtol=0, atol=0)
+    torch.testing.assert_close(input_grad(), first, rtol=0, atol=0)  # the kept copy: same numbers
+    new_b = torch.randn(4, 6)
+    if change == "in_place":
+        with torch.no_grad():
+            layer.feedback_state.copy_(new_b)
+    elif change == "load_state_dict":
+        layer.load_state_dict({**layer.state_dict(), "feedback_state": new_b})
+    elif change == "new_buffer":
+        layer.feedback_state = new_b.clone()
+    elif change == "data":  # keeps the buffer's version counter: only its storage changes
+        layer.feedback_state.data = new_b.clone()
+    else:  # two swaps between steps: the second storage could take the first's freed address
+        layer.feedback_state.data = torch.zeros(4, 6)
+        layer.feedback_state.data = new_b.clone()
+    after = input_grad()
+    torch.testing.assert_close(after, (g.to(BF16) @ new_b.to(BF16)).float(), rtol=0, atol=0)
+    assert not torch.equal(after, first)

@@ -23,7 +23,8 @@ WEIGHT_STREAM = -1  # the `step` of the generator that re-initialises W (brsf's 
 
 def rms(t: Tensor) -> Tensor:
     """Root mean square: the per-entry scale for which ||s * sign(W)|| == ||W||."""
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     return torch.linalg.vector_norm(t) / math.sqrt(t.numel())  # one reduction, no squared copy
 
 

@@ -5,11 +5,12 @@ input and the upstream error only), so a rule changes exactly one thing: which t
 error to the layer's input. Each backward costs the same products as autograd's own.
 
 Mixed precision: under torch.autocast the forward computes in the autocast dtype (bf16 / fp16) as
-F.linear / F.conv2d would, and saves the input in that dtype; the backward re-enters the forward's
-autocast state (what torch.amp.custom_fwd / custom_bwd do, for whichever device the layer runs on),
-casts B (and DFA's e and B_l) to that dtype, and returns each gradient in the dtype of the tensor
-it belongs to (fp32 master weights get fp32 gradients), exactly as autograd's casts would. Without
-autocast nothing is cast: fp32 and fp64 results are those of the plain products.
+F.linear / F.conv2d would, and saves the input in that dtype (the layer passes the dtype, and B
+already cast to it). The backward computes every product in grad_out's dtype, which is that compute
+dtype, with each operand cast by hand, whatever autocast block loss.backward() sits in; autograd
+returns each gradient in the dtype of the tensor it belongs to (fp32 master weights get fp32
+gradients), as it does for its own ops. Without autocast nothing is cast: fp32 and fp64 results are
+those of the plain products.
 """
 from __future__ import annotations
 
@@ -21,33 +22,43 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import Function
 
-AutocastState = tuple[str, bool, torch.dtype] | None
+_NO_CONTEXT = nullcontext()
 
 
-def autocast_state(x: Tensor) -> AutocastState:
-    """(device type, enabled, dtype) of autocast for x's device, None where the device has none."""
+def _any_autocast() -> bool:
+    """Whether autocast may be on for some device: one C call, the common fp32 case's whole cost.
+    Under torch.compile the per-device questions are asked instead (dynamo traces those)."""
+    return torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
+
+
+def compute_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast computes ops on x in, or None where it changes nothing: autocast off for
+    x's device (or the device has none), or x not floating or float64 (autocast leaves those)."""
+    if not _any_autocast() or not x.is_floating_point() or x.dtype == torch.float64:
+        return None
     device = x.device.type
     # cpu and cuda always have autocast; asking only for other devices keeps torch.compile to one
     # graph on torch versions whose dynamo cannot trace is_autocast_available (2.11 cannot)
     if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
         return None
-    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+    if not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    return None if dtype == x.dtype else dtype
 
 
-def autocast_cast(t: Tensor, state: AutocastState) -> Tensor:
-    """t in the autocast dtype where autocast would cast it (a floating tensor, never float64)."""
-    if state is None or not state[1] or not t.is_floating_point() or t.dtype == torch.float64:
-        return t
-    return t.to(state[2])
-
-
-def autocast_like(state: AutocastState) -> Any:
-    """A context that re-enters the forward's autocast state in backward (enabled or not, whatever
-    autocast state the backward is called in). Where autocast is off in both, no context at all:
-    entering one costs more than a small layer's backward products."""
-    if state is None or (not state[1] and not torch.is_autocast_enabled(state[0])):
-        return nullcontext()
-    return torch.autocast(state[0], dtype=state[2], enabled=state[1])
+def outside_autocast(t: Tensor) -> Any:
+    """A backward computes in the dtypes it is handed (the forward's, cast by hand): an autocast
+    block around loss.backward() must not recast its products. No context at all where autocast is
+    off (entering one costs more than a small layer's backward)."""
+    if not _any_autocast():
+        return _NO_CONTEXT
+    device = t.device.type
+    if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
+        return _NO_CONTEXT
+    if not torch.is_autocast_enabled(device):
+        return _NO_CONTEXT
+    return torch.autocast(device, enabled=False)
 
 
 def _like_strides(grad: Tensor | None, stride: tuple[int, ...]) -> Tensor | None:
@@ -59,8 +70,15 @@ def _like_strides(grad: Tensor | None, stride: tuple[int, ...]) -> Tensor | None
     return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device).copy_(grad)
 
 
-def _cast(t: Tensor | None, dtype: torch.dtype | None) -> Tensor | None:
-    return t if t is None or dtype is None or t.dtype == dtype else t.to(dtype)
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+# Host cost: on a GPU a ResNet step in bf16 is bound by the host's Python, so these Functions do as
+# little per call as they can: no autocast context (operands are cast by hand, so backward needs
+# none), no casts of the returned gradients (autograd casts each to its input's dtype itself, as it
+# does for its own ops), and B arrives already in the compute dtype (the layer casts it, and keeps
+# the cast of a fixed B). benchmarks/host_overhead.py measures it.
 
 
 class FeedbackLinearFn(Function):
@@ -68,33 +86,33 @@ class FeedbackLinearFn(Function):
 
     @staticmethod
     def forward(
-        ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor | DirectFeedback, bias: Tensor | None
+        ctx: Any, x: Tensor, weight: Tensor, feedback: Tensor | DirectFeedback, bias: Tensor | None,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
-        ctx.autocast = autocast_state(x)
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        x = autocast_cast(x, ctx.autocast)  # saved as the product uses it (half the memory in bf16)
-        ctx.save_for_backward(x, feedback if isinstance(feedback, Tensor) else None)
-        ctx.direct = None if isinstance(feedback, Tensor) else feedback
-        ctx.has_bias = bias is not None
+        if dtype is not None:
+            x = x.to(dtype)  # saved as the product uses it (half the memory in bf16)
+        direct = not isinstance(feedback, Tensor)
+        ctx.save_for_backward(x, None if direct else feedback)
+        ctx.direct = feedback if direct else None
         return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, feedback = ctx.saved_tensors
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
+        need_x, need_w, _, need_b, _ = ctx.needs_input_grad
         grad_x = grad_w = grad_b = None
-        with autocast_like(ctx.autocast):
+        with outside_autocast(grad_out):
             g2 = grad_out.reshape(-1, grad_out.shape[-1])  # any leading batch dims
-            if ctx.needs_input_grad[0]:
+            if need_x:
                 if ctx.direct is not None:
                     grad_x = ctx.direct.input_grad(x.shape, grad_out.dtype)
                 else:
                     grad_x = (g2 @ _cast(feedback, g2.dtype)).view(x.shape)
-            if ctx.needs_input_grad[1]:
-                grad_w = g2.t() @ x.reshape(-1, x.shape[-1])
-            if ctx.has_bias and ctx.needs_input_grad[3]:
+            if need_w:
+                grad_w = g2.t() @ _cast(x, g2.dtype).reshape(-1, x.shape[-1])
+            if need_b:
                 grad_b = g2.sum(0)
-        return _cast(grad_x, x_dtype), _cast(grad_w, w_dtype), None, _cast(grad_b, b_dtype)
+        return grad_x, grad_w, None, grad_b, None
 
 
 class FeedbackConv2dFn(Function):
@@ -116,39 +134,38 @@ class FeedbackConv2dFn(Function):
         dilation: tuple[int, int],
         groups: int,
         pre_pad: tuple[tuple[int, ...], str] | None = None,
+        dtype: torch.dtype | None = None,
     ) -> Tensor:
-        ctx.autocast = autocast_state(x)
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        ctx.w_stride = weight.stride()
-        ctx.in_shape = x.shape  # the layer's real input (before any pre_pad)
-        x = autocast_cast(x, ctx.autocast)
+        in_shape = x.shape  # the layer's real input (before any pre_pad)
+        if dtype is not None:
+            x = x.to(dtype)
         if pre_pad is not None:
             x = F.pad(x, pre_pad[0], mode=pre_pad[1])
-        ctx.save_for_backward(x, feedback if isinstance(feedback, Tensor) else weight)
-        ctx.direct = None if isinstance(feedback, Tensor) else feedback
-        ctx.conf = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]])
+        direct = not isinstance(feedback, Tensor)
+        ctx.save_for_backward(x, weight if direct else feedback)
+        ctx.direct = feedback if direct else None
+        ctx.conf = (stride, padding, dilation, groups, None if bias is None else [bias.shape[0]],
+                    weight.stride(), in_shape)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, feedback = ctx.saved_tensors
-        stride, padding, dilation, groups, bias_sizes = ctx.conf
-        x_dtype, w_dtype, b_dtype = ctx.dtypes
-        need_x = ctx.needs_input_grad[0]
-        mask = [need_x and ctx.direct is None, ctx.needs_input_grad[1],
-                bias_sizes is not None and ctx.needs_input_grad[3]]
-        with autocast_like(ctx.autocast):
+        stride, padding, dilation, groups, bias_sizes, w_stride, in_shape = ctx.conf
+        need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
+        direct = ctx.direct
+        mask = [need_x and direct is None, need_w, bias_sizes is not None and need_b]
+        with outside_autocast(grad_out):
             # One fused call: aten's conv backward computes grad_input from the tensor passed as
             # weight (here B) and grad_weight from (x, grad_out) alone -- exactly the rule's semantics.
             # It is on no autocast list, so every operand is given in grad_out's dtype by hand.
-            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-                grad_out, x, _cast(feedback, grad_out.dtype), bias_sizes, list(stride), list(padding),
-                list(dilation), False, [0, 0], groups, mask,
+            grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward.default(
+                grad_out, _cast(x, grad_out.dtype), _cast(feedback, grad_out.dtype), bias_sizes,
+                stride, padding, dilation, False, [0, 0], groups, mask,
             )
-            if need_x and ctx.direct is not None:
-                grad_x = ctx.direct.input_grad(ctx.in_shape, grad_out.dtype)
-        return (_cast(grad_x, x_dtype), _like_strides(_cast(grad_w, w_dtype), ctx.w_stride), None, _cast(grad_b, b_dtype),
-                None, None, None, None, None)
+            if need_x and direct is not None:
+                grad_x = direct.input_grad(in_shape, grad_out.dtype)
+        return (grad_x, _like_strides(grad_w, w_stride), None, grad_b, None, None, None, None, None, None)
 
 
 class DirectFeedback:
@@ -176,7 +193,7 @@ class DirectFeedback:
             in_size *= d
         in_hw = (int(x_shape[-2]), int(x_shape[-1])) if len(x_shape) == 4 else None  # a conv's input map
         matrix = self.layer.ensure_direct_matrix(e.shape[1], in_size, in_hw)
-        return (e.to(dtype) @ matrix.to(dtype)).view(x_shape)
+        return (_cast(e, dtype) @ self.layer.state_in_dtype(matrix, dtype)).view(x_shape)
 
 
 class ErrorBox:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ssbench.errors import SpecError
 from ssbench.rules.base import Rule, layer_generator
-from ssbench.rules.functions import DirectFeedback, ErrorBox, FeedbackConv2dFn, FeedbackLinearFn
+from ssbench.rules.functions import DirectFeedback, ErrorBox, FeedbackConv2dFn, FeedbackLinearFn, compute_dtype
 
 
 class FeedbackLayer(nn.Module):
@@ -56,16 +56,35 @@ class FeedbackLayer(nn.Module):
         if torch.compiler.is_compiling() or not self.ran_forward:
             self.ran_forward = True
 
-    def uses_rule_backward(self) -> bool:
-        return not self.exact and torch.is_grad_enabled()
-
-    def feedback_for_forward(self) -> Tensor | DirectFeedback:
+    def feedback_for_forward(self, dtype: torch.dtype | None) -> Tensor | DirectFeedback:
+        """B for this forward's backward, in the compute dtype `dtype` (None: as the rule makes it).
+        Rules compute B from detached tensors (no graph), so no no_grad block is needed here."""
         if self.training and self.rule.per_step:
             self._advance_step()
         if self.rule.direct:
             return DirectFeedback(self)
-        with torch.no_grad():
-            return self.rule.feedback(self).detach()
+        b = self.rule.feedback(self)
+        if b is self.feedback_state:  # a fixed B (fa, ifa): a buffer, never part of a graph
+            return b if dtype is None else self.state_in_dtype(b, dtype)
+        if b.requires_grad:  # a rule that kept W's graph (ours detach W first)
+            b = b.detach()
+        return b if dtype is None or b.dtype == dtype else b.to(dtype)
+
+    def state_in_dtype(self, state: Tensor, dtype: torch.dtype) -> Tensor:
+        """The fixed feedback state (fa / ifa's B, dfa's B_l) in `dtype`, cast once and kept while
+        the state is unchanged, rather than once per step. Unchanged means the same buffer object,
+        storage and version counter: a load_state_dict or in-place edit (version), a `.data`
+        assignment (storage: the kept alias holds the old one, so its address cannot come back) or
+        a move to another device (object) casts again. Like autograd's own saved-tensor checks, it
+        cannot see a write made through another tensor that `.data` was set to. The kept copy
+        costs the state's size in `dtype` (half of it for bf16 over fp32)."""
+        if state.dtype == dtype or torch.compiler.is_compiling():  # compiled: the cast is fused
+            return state.to(dtype)
+        kept = self.__dict__.get("_state_cast")
+        version, ptr = state._version, state.data_ptr()
+        if kept is not None and kept[0] is state and kept[2] == (ptr, version) and kept[3].dtype == dtype:
+            return kept[3]
+        return _keep(self, "_state_cast", (state, state.detach(), (ptr, version), state.to(dtype)))[3]
 
     def feedback_tensor(self) -> Tensor | None:
         """The B this layer's backward uses now (for DFA: B_l, None before the first backward)."""
@@ -79,7 +98,7 @@ class FeedbackLayer(nn.Module):
         seen = self.__dict__.get("_step_seen")
         t += 1  # in place: the buffer's version moves by exactly one
         if seen is not None and seen[0] is t and seen[1] == t._version - 1:
-            self._step_seen = (t, t._version, seen[2] + 1)
+            _keep(self, "_step_seen", (t, t._version, seen[2] + 1))
 
     def _step_number(self) -> int:
         """The step counter's value without a device sync. Reading a CUDA buffer with int() waits for
@@ -92,7 +111,7 @@ class FeedbackLayer(nn.Module):
         if seen is not None and seen[0] is t and seen[1] == t._version:
             return seen[2]
         value = int(t)
-        self._step_seen = (t, t._version, value)
+        _keep(self, "_step_seen", (t, t._version, value))
         return value
 
     @torch.compiler.disable  # a seeded Generator and a host-side step number: eager, one graph break
@@ -112,13 +131,13 @@ class FeedbackLayer(nn.Module):
             return cache[1]
         gen = self.__dict__.get("_step_gen")
         if gen is None or gen.device != w.device:  # first draw, or the model moved to another device
-            gen = self._step_gen = torch.Generator(device=w.device)
+            gen = _keep(self, "_step_gen", torch.Generator(device=w.device))
         gen = layer_generator(self.feedback_seed, self.feedback_index, step, reuse=gen)
         draw = self.rule.draw(w, gen).abs_()  # N(0, 1), xavier-uniform or N(0, feedback_var / fan_in)
         if not self.training:
-            self._draw_cache = (key, draw)
+            _keep(self, "_draw_cache", (key, draw))
         elif cache is not None:
-            self._draw_cache = None  # training redraws every step: hold no stale copy
+            _keep(self, "_draw_cache", None)  # training redraws every step: hold no stale copy
         return draw
 
     def ensure_direct_matrix(self, out_size: int, in_size: int, in_hw: tuple[int, int] | None = None) -> Tensor:
@@ -146,19 +165,21 @@ class FeedbackLayer(nn.Module):
 class FeedbackLinear(FeedbackLayer, nn.Linear):
     def forward(self, x: Tensor) -> Tensor:
         self.mark_ran()
-        if not self.uses_rule_backward():
+        if self.exact or not torch.is_grad_enabled():
             return F.linear(x, self.weight, self.bias)
         if x.dim() == 1 and self.rule.direct:
             raise _unbatched_dfa_error("(in_features,)")
-        feedback = self.feedback_for_forward()
-        apply = _apply_eagerly if isinstance(feedback, DirectFeedback) else _apply
-        return apply(FeedbackLinearFn, x, self.weight, feedback, self.bias)
+        dtype = compute_dtype(x)
+        feedback = self.feedback_for_forward(dtype)
+        if self.rule.direct:
+            return _apply_eagerly(FeedbackLinearFn, x, self.weight, feedback, self.bias, dtype)
+        return FeedbackLinearFn.apply(x, self.weight, feedback, self.bias, dtype)
 
 
 class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         self.mark_ran()
-        if not self.uses_rule_backward():
+        if self.exact or not torch.is_grad_enabled():
             return self._conv_forward(x, self.weight, self.bias)  # nn.Conv2d's own, any padding
         if x.dim() == 3:  # unbatched (C, H, W), which nn.Conv2d takes: a batch of one
             if self.rule.direct:
@@ -168,10 +189,13 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         if pre_pad is not None and not self.rule.direct:
             # outside the function: autograd's pad backward routes B's transposed conv to x exactly
             x, pre_pad = F.pad(x, pre_pad[0], mode=pre_pad[1]), None
-        feedback = self.feedback_for_forward()
-        apply = _apply_eagerly if isinstance(feedback, DirectFeedback) else _apply
-        return apply(FeedbackConv2dFn, x, self.weight, feedback, self.bias, self.stride, padding,
-                     self.dilation, self.groups, pre_pad)
+        dtype = compute_dtype(x)
+        feedback = self.feedback_for_forward(dtype)
+        if self.rule.direct:
+            return _apply_eagerly(FeedbackConv2dFn, x, self.weight, feedback, self.bias, self.stride, padding,
+                                  self.dilation, self.groups, pre_pad, dtype)
+        return FeedbackConv2dFn.apply(x, self.weight, feedback, self.bias, self.stride, padding,
+                                      self.dilation, self.groups, pre_pad, dtype)
 
     def _pre_pad(self) -> tuple[tuple[tuple[int, ...], str] | None, tuple[int, int]]:
         """(F.pad widths, mode) to apply before the convolution, or None, and the convolution's own
@@ -194,6 +218,14 @@ class FeedbackConv2d(FeedbackLayer, nn.Conv2d):
         extra_h, extra_w = (t - 2 * b for t, b in zip(total, before))
         pre_pad = ((0, extra_w, 0, extra_h), "constant") if extra_h or extra_w else None
         return pre_pad, (before[0], before[1])
+
+
+def _keep(layer: nn.Module, name: str, value: Any) -> Any:
+    """Set a plain per-layer cache attribute. nn.Module's __setattr__ (which looks for parameters,
+    buffers and submodules of that name first) costs more than a small layer's products, per
+    layer and step; these names are never any of those."""
+    layer.__dict__[name] = value
+    return value
 
 
 def _apply(fn: type[torch.autograd.Function], *args: Any) -> Tensor:
