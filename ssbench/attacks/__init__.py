@@ -11,11 +11,11 @@ from ssbench.attacks import fgsm_hash, hag, hsj_label, pgd_hash, sdha  # noqa: F
 from ssbench.attacks.base import ATTACKS, Attack, eval_guard, suite_attacks
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
 from ssbench.attacks.scoring import Accuracy, Scorer
-from ssbench.attacks.sanity import Check, curve_checks, directional_agreement, gradient_consistency
+from ssbench.attacks.sanity import curve_checks, directional_agreement, gradient_consistency
 from ssbench.attacks.sweep import SweepCurve, run_sweep, select_indices, stack_examples
 
 __all__ = [
-    "ATTACKS", "Accuracy", "Attack", "Scorer", "eval_guard", "suite_attacks", "QUERY_MODE", "gradient_source", "Check",
+    "ATTACKS", "Accuracy", "Attack", "Scorer", "eval_guard", "suite_attacks", "QUERY_MODE", "gradient_source",
     "curve_checks", "directional_agreement", "gradient_consistency", "SweepCurve", "run_sweep",
     "select_indices", "stack_examples", "run_attack",
 ]

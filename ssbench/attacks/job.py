@@ -20,7 +20,6 @@ from ssbench.attacks.examples import examples_for
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
 from ssbench.attacks.sanity import (
     CHECK_EXAMPLES,
-    Check,
     curve_checks,
     doubled_steps,
     gradient_consistency,
@@ -28,6 +27,7 @@ from ssbench.attacks.sanity import (
 )
 from ssbench.attacks.scoring import Accuracy, Scorer
 from ssbench.attacks.sweep import SweepCurve, run_sweep
+from ssbench.store.records import SanityCheck
 from ssbench.errors import SpecError
 from ssbench.printing import SafeConsole
 from ssbench.specs import AttackSpec, resolve_eps
@@ -214,7 +214,7 @@ def run_attack(spec: AttackSpec, store: Any, *, console: Console | None = None, 
                 if check is not None:
                     checks.append(check)
         checks += curve_checks(curves, clean, ex.num_classes, clean_correct=clean_scores, chance=scorer.chance)
-        rec.add_sanity([c.to_record() for c in checks])
+        rec.add_sanity(list(checks))
         worst = worst_case(curves)
         rec.set_summary(
             **ex.summary, n=len(x), **{f"clean_{scorer.metric}": clean},
@@ -259,7 +259,7 @@ def _progress(console: Console, quiet: bool) -> Progress:
 
 
 def consistency_checks(modes: Sequence[str], target: nn.Module, surrogate: nn.Module | None,
-                       x: torch.Tensor, y: torch.Tensor, seed: int, scorer: Scorer | None = None) -> list[Check]:
+                       x: torch.Tensor, y: torch.Tensor, seed: int, scorer: Scorer | None = None) -> list[SanityCheck]:
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     out = []
     if len(x) == 0:
@@ -289,7 +289,7 @@ def worst_case(curves: Sequence[SweepCurve]) -> dict[float, float]:
     return out
 
 
-def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], checks: Sequence[Check],
+def print_summary(console: Console, run_id: int, curves: Sequence[SweepCurve], checks: Sequence[SanityCheck],
                   clean: float, worst: dict[float, float], metric: str = "accuracy") -> None:
     rows = [(c.attack, c.mode, dict(zip(c.eps, c.robust()))) for c in curves if c.norm == "linf"]
     what = "robust accuracy" if metric == "accuracy" else f"{metric} under attack"
@@ -317,7 +317,7 @@ def print_sweeps(console: Console, title: str, rows: Sequence[tuple[str, str, di
     console.print(table)
 
 
-def print_checks(console: Console, checks: Sequence[Check]) -> None:
+def print_checks(console: Console, checks: Sequence[SanityCheck]) -> None:
     """Failed checks in red, undecided ones grouped by reason, then the count."""
     failed = [c for c in checks if c.passed is False]
     skipped = [c for c in checks if c.passed is None]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -21,25 +20,10 @@ from ssbench.attacks.base import Attack, eval_guard
 from ssbench.attacks.losses import runner_up
 from ssbench.attacks.scoring import Accuracy, Scorer
 from ssbench.attacks.sweep import SweepCurve
+from ssbench.store.records import SanityCheck  # the record itself: checks are stored as made
 
 CONSISTENCY_THRESHOLD = 0.9
 WIDE_EPS = 0.3  # chance-level check is only meaningful with a grid reaching this far ([0, 1] data)
-
-
-@dataclass
-class Check:
-    name: str
-    passed: bool | None
-    value: float | None = None
-    detail: str = ""
-    attack: str | None = None
-    mode: str | None = None
-
-    def to_record(self):  # noqa: ANN201
-        from ssbench.store.records import SanityCheck
-
-        return SanityCheck(name=self.name, passed=self.passed, value=self.value, detail=self.detail,
-                           attack=self.attack, mode=self.mode)
 
 
 def tolerance(p: float, n: int) -> float:
@@ -101,7 +85,7 @@ def directional_agreement(
 
 
 def gradient_consistency(mode: str, grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor,
-                         *, k: int = 32, seed: int = 0, cotangent: Callable[[Tensor, Tensor], Tensor] = margin_cotangent) -> Check:
+                         *, k: int = 32, seed: int = 0, cotangent: Callable[[Tensor, Tensor], Tensor] = margin_cotangent) -> SanityCheck:
     cos = directional_agreement(grad_model, target, x, y, k=k, seed=seed, cotangent=cotangent)
     value = float(cos.mean())
     along = "logit margin" if cotangent is margin_cotangent else "outputs along a fixed direction"
@@ -109,11 +93,11 @@ def gradient_consistency(mode: str, grad_model: nn.Module, target: nn.Module, x:
               f"on {k} random directions; "
               f"min {float(cos.min()):.3f}; threshold {CONSISTENCY_THRESHOLD}")
     if mode == "transfer":
-        return Check("gradient_consistency", None, value, "informational (surrogate gradient): " + detail, mode=mode)
+        return SanityCheck("gradient_consistency", None, value, "informational (surrogate gradient): " + detail, mode=mode)
     passed = value >= CONSISTENCY_THRESHOLD
     if not passed:
         detail = "the attacker's gradient is NOT the gradient of the target's loss (obfuscated); " + detail
-    return Check("gradient_consistency", passed, value, detail, mode=mode)
+    return SanityCheck("gradient_consistency", passed, value, detail, mode=mode)
 
 
 # -- (b)-(f) curve comparisons ------------------------------------------------------------------
@@ -122,7 +106,7 @@ def _linf(curves: Sequence[SweepCurve]) -> list[SweepCurve]:
     return [c for c in curves if c.norm == "linf"]
 
 
-def _compare(name: str, weaker: SweepCurve, stronger_claim: SweepCurve, what: str, **who: str | None) -> Check | None:
+def _compare(name: str, weaker: SweepCurve, stronger_claim: SweepCurve, what: str, **who: str | None) -> SanityCheck | None:
     """Check robust(weaker) <= robust(stronger_claim) + tol at every shared eps."""
     worst, where, tol_at = -1.0, None, 0.0
     for e in weaker.eps:
@@ -137,14 +121,14 @@ def _compare(name: str, weaker: SweepCurve, stronger_claim: SweepCurve, what: st
     e, a, b = where
     ok = worst <= 0
     detail = f"{what}; worst at eps={e:g}: {a:.3f} vs {b:.3f} (tolerance {tol_at:.3f} = 1 binomial std + 1/n)"
-    return Check(name, ok, a - b, detail, **who)
+    return SanityCheck(name, ok, a - b, detail, **who)
 
 
 def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classes: int,
-                 clean_correct: Tensor | None = None, *, chance: float | None = None) -> list[Check]:
+                 clean_correct: Tensor | None = None, *, chance: float | None = None) -> list[SanityCheck]:
     """Checks (b)-(f). ``clean_correct``: the clean per-example scores (check f per example);
     ``chance``: the score of a guess (default 1 / num_classes)."""
-    checks: list[Check] = []
+    checks: list[SanityCheck] = []
     by = {(c.attack, c.mode): c for c in curves}
     modes = sorted({c.mode for c in curves if c.mode not in ("query",)})
 
@@ -198,12 +182,12 @@ def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classe
         emax = max(c.eps)
         r = c.at(emax)
         if emax < WIDE_EPS:
-            checks.append(Check("falls_to_chance", None, r,
+            checks.append(SanityCheck("falls_to_chance", None, r,
                                 f"not meaningful: largest eps {emax:g} < {WIDE_EPS} (use --eps wide)", c.attack, c.mode))
         else:
             tol = tolerance(chance, c.n)
             ok = r <= chance + tol
-            checks.append(Check("falls_to_chance", ok, r,
+            checks.append(SanityCheck("falls_to_chance", ok, r,
                                 f"robust {c.metric} at eps={emax:g} vs chance {chance:.3f} (tolerance {tol:.3f})"
                                 + ("" if ok else "; an unbounded attack must reach chance: attack too weak or gradient obfuscated"),
                                 c.attack, c.mode))
@@ -222,7 +206,7 @@ def curve_checks(curves: Sequence[SweepCurve], clean_accuracy: float, num_classe
             flips = int(((c.scores[k0].cpu().double() - clean_correct.cpu().double()).abs() > 1e-9).sum())
         else:
             flips = round(abs(r0 - clean_accuracy) * c.n)  # counts of examples, not float means
-        checks.append(Check("eps0_equals_clean", flips == 0, r0,
+        checks.append(SanityCheck("eps0_equals_clean", flips == 0, r0,
                             f"{c.metric} at eps=0 {r0:.4f} vs clean {clean_accuracy:.4f}; {flips} example(s) "
                             "differ (tolerance 0)" + ("" if flips == 0 else
                             "; the target's predictions depend on batching / randomness or the attack changed it"),
@@ -258,7 +242,7 @@ ZERO_GRADIENT_SHARE = 0.1  # more than this share of examples with an all-zero i
 
 
 def doubled_steps(attack: Attack, curve: SweepCurve, target: nn.Module | Scorer, grad_model: nn.Module, x: Tensor, y: Tensor,
-                  clean_correct: Tensor, *, reference: object = None) -> Check | None:
+                  clean_correct: Tensor, *, reference: object = None) -> SanityCheck | None:
     """Robust accuracy with 2x the attack's iterations vs 1x, at the budget where the curve is nearest
     half the clean accuracy, on the first CHECK_EXAMPLES clean-correct examples (both runs fresh on
     the same examples, so the sweep's cumulative bookkeeping does not enter). Flagged when doubling
@@ -283,7 +267,7 @@ def doubled_steps(attack: Attack, curve: SweepCurve, target: nn.Module | Scorer,
     once, double = robust
     tol = tolerance(max(once, double), len(idx))
     ok = once - double <= tol
-    return Check("doubled_steps", ok, once - double,
+    return SanityCheck("doubled_steps", ok, once - double,
                  f"eps={eps:g}, {len(idx)} examples correct when clean: {attack.steps} steps {once:.3f} vs "
                  f"{2 * attack.steps} steps {double:.3f} (tolerance {tol:.3f})"
                  + ("" if ok else "; the attack has not converged: its curve overstates robustness"),
@@ -291,21 +275,21 @@ def doubled_steps(attack: Attack, curve: SweepCurve, target: nn.Module | Scorer,
 
 
 def zero_gradients(mode: str, grad_model: nn.Module, x: Tensor, y: Tensor,
-                   loss: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> Check:
+                   loss: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None) -> SanityCheck:
     """Share of examples whose input gradient of the attack loss (default: cross-entropy; a scorer's
     ``attack_loss``), through the attacker's module, is exactly zero (saturated softmax, a rule
     backward that sends nothing): a gradient attack cannot move them, which reads as robustness.
     ``x, y``: clean-correct examples."""
     x, y = x[:CHECK_EXAMPLES], y[:CHECK_EXAMPLES]
     if len(x) == 0:
-        return Check("zero_gradients", None, None, "no clean-correct examples", mode=mode)
+        return SanityCheck("zero_gradients", None, None, "no clean-correct examples", mode=mode)
     with eval_guard(grad_model):
         xg = x.detach().clone().requires_grad_(True)
         per = loss(grad_model, xg, y) if loss is not None else F.cross_entropy(grad_model(xg), y, reduction="none")
         (g,) = torch.autograd.grad(per.sum(), xg)
     share = float((g.flatten(1).abs().amax(1) == 0).float().mean())
     ok = share <= ZERO_GRADIENT_SHARE
-    return Check("zero_gradients", ok, share,
+    return SanityCheck("zero_gradients", ok, share,
                  f"{share:.0%} of {len(x)} clean-correct examples have an all-zero input gradient of the "
                  f"{'CE' if loss is None else 'attack'} loss "
                  f"(flagged above {ZERO_GRADIENT_SHARE:.0%})"

@@ -31,19 +31,25 @@ def _any_autocast() -> bool:
     return torch.compiler.is_compiling() or torch._C._is_any_autocast_enabled()
 
 
-def compute_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype autocast computes ops on x in, or None where it changes nothing: autocast off for
-    x's device (or the device has none), or x not floating or float64 (autocast leaves those)."""
-    if not _any_autocast() or not x.is_floating_point() or x.dtype == torch.float64:
+def _autocast_device(t: Tensor) -> str | None:
+    """t's device type where autocast is on for it, else None."""
+    if not _any_autocast():
         return None
-    device = x.device.type
+    device = t.device.type
     # cpu and cuda always have autocast; asking only for other devices keeps torch.compile to one
     # graph on torch versions whose dynamo cannot trace is_autocast_available (2.11 cannot)
     if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
         return None
-    if not torch.is_autocast_enabled(device):
+    return device if torch.is_autocast_enabled(device) else None
+
+
+def compute_dtype(x: Tensor) -> torch.dtype | None:
+    """The dtype autocast computes ops on x in, or None where it changes nothing: autocast off for
+    x's device (or the device has none), or x not floating or float64 (autocast leaves those)."""
+    if not x.is_floating_point() or x.dtype == torch.float64:
         return None
-    dtype = torch.get_autocast_dtype(device)
+    device = _autocast_device(x)
+    dtype = None if device is None else torch.get_autocast_dtype(device)
     return None if dtype == x.dtype else dtype
 
 
@@ -51,14 +57,8 @@ def outside_autocast(t: Tensor) -> Any:
     """A backward computes in the dtypes it is handed (the forward's, cast by hand): an autocast
     block around loss.backward() must not recast its products. No context at all where autocast is
     off (entering one costs more than a small layer's backward)."""
-    if not _any_autocast():
-        return _NO_CONTEXT
-    device = t.device.type
-    if device not in ("cpu", "cuda") and not torch.amp.is_autocast_available(device):
-        return _NO_CONTEXT
-    if not torch.is_autocast_enabled(device):
-        return _NO_CONTEXT
-    return torch.autocast(device, enabled=False)
+    device = _autocast_device(t)
+    return _NO_CONTEXT if device is None else torch.autocast(device, enabled=False)
 
 
 def _like_strides(grad: Tensor | None, stride: tuple[int, ...]) -> Tensor | None:
