@@ -887,3 +887,24 @@ def test_eps_columns_of_k_over_255_survive_the_stored_rounding(k):
 
     assert _eps_label(round(k / 255, EPS_DECIMALS), "linf") == f"{k}/255"
     assert _eps_label(0.05, "linf") == "0.05" and _eps_label(0.1, "linf") == "0.1" and _eps_label(3, "l0") == "3px"
+
+
+@pytest.mark.parametrize("plots", [True, False])
+def test_out_with_only_terminal_tables_and_nothing_to_draw_says_so(tmp_path, plots):
+    from rich.console import Console
+
+    from ssbench.report import build_report
+
+    store = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    with store.run("pretrain", config=Cfg(stage="one"), rule="bp", model="lenet", dataset="fashion-mnist",
+                   task="classification", recipe="one") as rec:
+        rec.log_epoch(1, "val", {"accuracy": 0.9})  # one epoch: a dot, not a curve, so no figure
+        rec.log_evaluation("accuracy", 0.9, split="test")
+    console = Console(width=200, record=True, color_system=None)
+    report = build_report(store, formats=("terminal",), out=tmp_path / "o", plots=plots, console=console)
+    text = " ".join(console.export_text().split())
+    assert "0.900" in text  # the clean table was printed
+    assert report.files == [] and not (tmp_path / "o").exists()
+    assert f"wrote nothing to {tmp_path / 'o'}" in text
+    assert ("no figure has data" if plots else "--no-plots") in text
+    store.close()

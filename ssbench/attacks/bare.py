@@ -13,7 +13,6 @@ from torch import Tensor, nn
 
 from ssbench.attacks.base import make_attack
 from ssbench.attacks.modes import QUERY_MODE, gradient_source
-from ssbench.attacks.starting import predict
 from ssbench.attacks.sweep import run_sweep
 from ssbench.errors import SpecError
 
@@ -57,10 +56,9 @@ def attack(
         with gradient_source(mode if atk.uses_gradients else QUERY_MODE, model, surrogate) as g:
             curve = run_sweep(atk, model, g, x, y.to(x.device), [float(eps)], mode=mode, batch_size=batch_size,
                               pool=(x, y.to(x.device)), keep_adversarials=True)
-        clean_correct = predict(model, x, batch_size) == y.to(x.device)
     finally:
         for name, m in model.named_modules():
             m.training = was.get(name, m.training)
     k = len(curve.eps) - 1  # an attack with its own budget grid (onepixel) ends at its largest budget
-    return AttackResult(curve.adversarials[k], ~curve.scores[k].to(x.device), clean_correct, atk.name,
+    return AttackResult(curve.adversarials[k], ~curve.scores[k].to(x.device), curve.clean.to(x.device), atk.name,
                         mode if atk.uses_gradients else QUERY_MODE, curve.eps[k], curve.params[k])

@@ -57,6 +57,7 @@ class SweepCurve:
     binary: bool = True
     extras: list[dict[str, float]] = field(default_factory=list)
     adversarials: list[Tensor] = field(default_factory=list)  # per eps, with keep_adversarials=True
+    clean: Tensor | None = None  # per-example score of the clean images, as `scores`
 
     @property
     def correct(self) -> list[Tensor]:
@@ -140,6 +141,7 @@ def run_sweep(
     everyone = torch.arange(len(x), device=x.device)
     with eval_guard(scorer.model):
         clean = scorer.score(x, everyone)[scorer.metric]
+        curve.clean = clean.cpu()
         if attack.minimum_norm:
             _min_norm_sweep(attack, scorer, x, y, grid, curve, batch_size, pool, on_eps, keep_adversarials)
             return curve

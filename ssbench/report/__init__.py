@@ -176,6 +176,11 @@ def build_report(
         report.files.append(_html_page(store, f, out_dir, built, failed, report.files))
     if out_dir is not None and report.files:
         notes.print(f"wrote {len(report.files)} files to {out_dir}")
+    elif out_dir is not None and any(not df.empty for df in built.values()):
+        # --out was asked for, so say why it stayed empty rather than leave the user looking for files
+        why = "no figure has data to draw" if plots else "--no-plots"
+        notes.print(f"[yellow]wrote nothing to {out_dir}: terminal tables print here only and {why}; "
+                    "--format markdown, latex, csv, json or html write table files[/]")
     return report
 
 
