@@ -48,3 +48,10 @@ def signed_gradient(model: torch.nn.Module, x: Tensor, y: Tensor, loss: str) -> 
         xg = x.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(attack_loss(loss, model(xg), y), xg)
     return grad.sign()
+
+
+def margin_cotangent(logits: Tensor, y: Tensor) -> Tensor:
+    """v = e_{j*} - e_y per example, j* = argmax_{j != y} z_j: the direction CE's logit gradient
+    softmax(z) - e_y takes (normalised) as the model grows confident, without its saturation."""
+    c = logits.shape[1]
+    return (F.one_hot(runner_up(logits, y), c) - F.one_hot(y, c)).to(logits.dtype)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssbench.attacks.base import Attack, eval_guard
-from ssbench.attacks.losses import runner_up
+from ssbench.attacks.losses import margin_cotangent
 from ssbench.attacks.scoring import Accuracy, Scorer
 from ssbench.attacks.sweep import SweepCurve
 from ssbench.store.records import SanityCheck  # the record itself: checks are stored as made
@@ -31,13 +31,6 @@ def tolerance(p: float, n: int) -> float:
 
 
 # -- (a) gradient consistency -------------------------------------------------------------------
-
-def margin_cotangent(logits: Tensor, y: Tensor) -> Tensor:
-    """v = e_{j*} - e_y per example, j* = argmax_{j != y} z_j: the direction CE's logit gradient
-    softmax(z) - e_y takes (normalised) as the model grows confident, without its saturation."""
-    c = logits.shape[1]
-    return (F.one_hot(runner_up(logits, y), c) - F.one_hot(y, c)).to(logits.dtype)
-
 
 def directional_agreement(
     grad_model: nn.Module, target: nn.Module, x: Tensor, y: Tensor, *, k: int = 32, h: float = 1e-4, seed: int = 0,

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssbench.attacks.losses import margin_cotangent
 from ssbench.attacks.starting import predict
 
 
@@ -57,8 +58,6 @@ class Accuracy:
         return {self.metric: labels == self.y[idx]}
 
     def cotangent(self, outputs: Tensor, y: Tensor) -> Tensor:
-        from ssbench.attacks.sanity import margin_cotangent
-
         return margin_cotangent(outputs, y)
 
     def attack_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
