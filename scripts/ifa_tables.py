@@ -3,7 +3,7 @@
     python scripts/ifa_tables.py --db sqlite:///results.db [--artifacts DIR]
 
 Reads only the store (recipes ifa-angle, ifa-depth, ifa-depth-he and the analyses of their runs);
-every cell is mean ± std over the seeds found, from `ssbench.report.tables.build_tables`.
+every cell is mean ± std over the seeds found, from `ssbench.report.build_tables`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import re
 import pandas as pd
 
 from ssbench.report.render import to_markdown
-from ssbench.report.tables import ReportFilter, build_tables
+from ssbench.report import build_tables
+from ssbench.report.tables import ReportFilter
 from ssbench.store import open_store
 
 RULE_ORDER = ["bp", "fa", *[f"ifa(θ={t})" for t in (0, 15, 30, 45, 60, 75, 90)]]

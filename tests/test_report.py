@@ -442,7 +442,8 @@ def test_alignment_table_initial_and_final(store):
 
 
 def test_hashing_tables_keep_bit_lengths_apart(store):
-    from ssbench.report.tables import ReportFilter, display_frame, hashing_attack_table, hashing_table
+    from ssbench.report import display_frame
+    from ssbench.report.tables import ReportFilter, hashing_attack_table, hashing_table
 
     h = hashing_table(store, ReportFilter(recipe="hash")).set_index(["bits", "metric"])
     for bits in (16, 32):
@@ -485,7 +486,8 @@ def test_hessian_table_matches_stored_evaluations(store):
 
 
 def test_corruption_table_per_severity_and_means(store):
-    from ssbench.report.tables import ReportFilter, corruption_table, display_frame
+    from ssbench.report import display_frame
+    from ssbench.report.tables import ReportFilter, corruption_table
 
     t = corruption_table(store, ReportFilter(recipe="demo"))
     idx = t.assign(severity=t["severity"].fillna(-1)).set_index(["rule", "corruption", "severity"])
@@ -553,7 +555,8 @@ def _parse_latex(text: str) -> list[list[str]]:
 
 def test_render_round_trips(store):
     from ssbench.report.render import render
-    from ssbench.report.tables import ReportFilter, build_tables, display_frame
+    from ssbench.report import build_tables, display_frame
+    from ssbench.report.tables import ReportFilter
 
     tables = {**build_tables(store, ReportFilter(recipe="demo")), **build_tables(store, ReportFilter(recipe="variants")),
               **{f"{k}": v for k, v in build_tables(store, ReportFilter(recipe="hash")).items() if k.startswith("hashing")}}
@@ -883,10 +886,11 @@ def test_cli_runs_and_show(db):
 @pytest.mark.parametrize("k", [1, 2, 4, 8, 16])
 def test_eps_columns_of_k_over_255_survive_the_stored_rounding(k):
     """Sweep eps are stored rounded to EPS_DECIMALS; 4/255 must still read '4/255' (it read 0.0156863)."""
-    from ssbench.report.tables import EPS_DECIMALS, _eps_label
+    from ssbench.report.display import eps_label
+    from ssbench.report.tables import EPS_DECIMALS
 
-    assert _eps_label(round(k / 255, EPS_DECIMALS), "linf") == f"{k}/255"
-    assert _eps_label(0.05, "linf") == "0.05" and _eps_label(0.1, "linf") == "0.1" and _eps_label(3, "l0") == "3px"
+    assert eps_label(round(k / 255, EPS_DECIMALS), "linf") == f"{k}/255"
+    assert eps_label(0.05, "linf") == "0.05" and eps_label(0.1, "linf") == "0.1" and eps_label(3, "l0") == "3px"
 
 
 @pytest.mark.parametrize("plots", [True, False])

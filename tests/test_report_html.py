@@ -29,7 +29,8 @@ from ssbench.printing import SafeConsole
 from ssbench.report import build_report
 from ssbench.report.html import HtmlTable, inline_svg, render_html
 from ssbench.report.provenance import run_provenance
-from ssbench.report.tables import ReportFilter, build_tables, display_frame
+from ssbench.report import build_tables, display_frame
+from ssbench.report.tables import ReportFilter
 from ssbench.store import open_store
 
 CHROMIUM = shutil.which("chromium")

@@ -109,7 +109,8 @@ def test_wilson_vectorised_and_empty():
 # -- identity: never one row from two attack runs --------------------------------------------------
 
 def test_two_runs_with_different_loss_are_two_rows_never_merged(store):
-    from ssbench.report.tables import ReportFilter, display_frame, robust_table
+    from ssbench.report import display_frame
+    from ssbench.report.tables import ReportFilter, robust_table
 
     rng = np.random.default_rng(1)
     tgt = make_target(store, "usf", 0)
@@ -178,7 +179,8 @@ def test_hashing_attack_rows_keep_identities_apart(store):
 # -- worst case over everything --------------------------------------------------------------------
 
 def test_worst_of_all_is_the_and_over_every_attack_and_mode(store):
-    from ssbench.report.tables import ReportFilter, display_frame, robust_table
+    from ssbench.report import display_frame
+    from ssbench.report.tables import ReportFilter, robust_table
 
     rng = np.random.default_rng(3)
     n = 60
@@ -290,7 +292,8 @@ def build_leaderboard_store(store):
 
 def test_leaderboard_columns_from_the_bitstrings(store):
     from ssbench.report.leaderboard import COLUMNS
-    from ssbench.report.tables import ReportFilter, build_tables, display_frame
+    from ssbench.report import build_tables, display_frame
+    from ssbench.report.tables import ReportFilter
 
     truth, n = build_leaderboard_store(store)
     lb = build_tables(store, ReportFilter(recipe="lb"), "leaderboard")["leaderboard"]

@@ -14,7 +14,8 @@ from ssbench.analysis.specs import HessianSpec, TrajectorySpec
 from ssbench.analysis.trajectory import kept_epochs, run_trajectory
 from ssbench.data import load_data
 from ssbench.errors import SpecError
-from ssbench.report.tables import build_tables, trajectory_planes, trajectory_points
+from ssbench.report import build_tables
+from ssbench.report.tables import trajectory_planes, trajectory_points
 from ssbench.specs import DataSpec, ModelSpec, RuleSpec, TrainSpec
 from ssbench.training import run_training
 from ssbench.training.checkpoint import load_trained, read_checkpoint

@@ -140,7 +140,8 @@ def register(app: typer.Typer) -> None:
 
         from ssbench.listing import LIST_MAX, compact, labels
         from ssbench.report.render import to_rich
-        from ssbench.report.tables import robust_wide, worst_case
+        from ssbench.report.display import robust_wide
+        from ssbench.report.tables import worst_case
         from ssbench.store import open_store
         from ssbench.store.export import dumps, run_details
 

@@ -1,7 +1,15 @@
 """A frame's cells as text, and which columns hold numbers: what every table format aligns by."""
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import pandas as pd
+
+
+def blank(v: Any) -> bool:
+    """An empty cell: None, NaN or ''."""
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
 
 
 def cells(df: pd.DataFrame) -> list[list[str]]:

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ssbench.report.display import drop_uninformative, eps_label, label_strings, robust_cell
 from ssbench.report.stats import successes, wilson
 from ssbench.report.sweeps import combine, examples_of
+from ssbench.report.tables import EPS_DECIMALS, KEYS, ReportFilter, attack_indices, sort_rows, sweep_points
 
 COLUMNS = ("clean", "autoattack", "papers", "transfer", "blackbox", "worst")
 # short headers that wrap at their spaces (a leaderboard fits an 80-column terminal); the title spells each out
@@ -104,6 +106,20 @@ def choose_eps(points: pd.DataFrame, keys: list[str], eps: float | None) -> tupl
     return max(common), None
 
 
+def leaderboard(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None,
+                eps: float | None = None) -> pd.DataFrame:
+    """The leaderboard of a store: one row per variant (rule x model x data) at one ε (default: the
+    largest ε every row has)."""
+    pts = sweep_points(store, f, labels)
+    if pts.empty:
+        return leaderboard_table(pts, pts, {}, KEYS, eps)
+    ev = store.frame_evaluations(kind="attack", status="finished")
+    clean = ev[(ev["metric"] == "accuracy") & ev["params"].map(lambda p: isinstance(p, dict) and bool(p.get("clean")))] \
+        if not ev.empty else ev
+    out = leaderboard_table(pts, clean, attack_indices(store), KEYS, None if eps is None else round(float(eps), EPS_DECIMALS))
+    return sort_rows(out, ["kind", "model", "dataset", "bits", "rule", "variant"])
+
+
 def leaderboard_table(points: pd.DataFrame, clean: pd.DataFrame, indices: dict[int, Any], keys: list[str],
                       eps: float | None = None) -> pd.DataFrame:
     """The leaderboard's long form from `sweep_points` (accuracy, L-inf) and the attack runs' clean
@@ -166,19 +182,17 @@ def leaderboard_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True, p
     """Display form: labels, ε, one cell per column ('0.512 ± 0.020 [0.468, 0.556]', '!' = failed checks
     behind it, '-' = not run, 'n/a (why)', '(2/3 seeds)' where only some seeds have it), flags, n.
     `percent`: accuracies in % with one decimal ('51.2 ± 2.0 [46.8, 55.6]')."""
-    from ssbench.report.tables import _drop_uninformative, _eps_label, _label_strings, _robust_cell
-
     if df.empty:
         return pd.DataFrame()
-    df = _label_strings(df)
+    df = label_strings(df)
     labels = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant") if c in df.columns]
-    labels = [c for c in labels if c not in _drop_uninformative(df, ("kind",))]
+    labels = [c for c in labels if c not in drop_uninformative(df, ("kind",))]
     out = df[labels].copy()
-    out["ε"] = [_eps_label(e, "linf") for e in df["epsilon"]]
+    out["ε"] = [eps_label(e, "linf") for e in df["epsilon"]]
     for c in COLUMNS:
         cells = []
         for _, r in df.iterrows():
-            cell = _robust_cell(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_lo"], r[f"{c}_hi"], r[f"{c}_failed"],
+            cell = robust_cell(r[f"{c}_mean"], r[f"{c}_std"], r[f"{c}_lo"], r[f"{c}_hi"], r[f"{c}_failed"],
                                 r[f"{c}_note"], std, percent) or "-"
             if cell != "-" and 0 < r[f"{c}_targets"] < r["n"] and std:  # before the '!': flags end a cell
                 flag = "!" if cell.endswith("!") else ""

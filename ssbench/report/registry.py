@@ -43,8 +43,9 @@ from typing import Any
 
 import pandas as pd
 
+from ssbench.report import display as d
 from ssbench.report import tables as t
-from ssbench.report.leaderboard import leaderboard_wide
+from ssbench.report.leaderboard import leaderboard, leaderboard_wide
 from ssbench.report.tables import ReportFilter
 
 
@@ -106,7 +107,7 @@ def _robust_rows(frames: Frames, retrieval: bool) -> pd.DataFrame:
 
 
 def _robust_display(df: pd.DataFrame, *, std: bool = True, compact: bool = False, percent: bool = False) -> pd.DataFrame:
-    return t.robust_wide(df, std=std, runs=not compact, percent=percent)
+    return d.robust_wide(df, std=std, runs=not compact, percent=percent)
 
 
 def _leaderboard_display(df: pd.DataFrame, *, std: bool = True, compact: bool = False, percent: bool = False) -> pd.DataFrame:
@@ -119,7 +120,7 @@ ROBUST_SPLITS = (("model", "dataset"), ("attack",))
 _DEFINITIONS = (
     Table("clean", "Clean test accuracy (mean ± std over seeds; n = runs; labels carry each variant's options, e.g. ifa(θ=30), "
           "mlp[256x3], dataset[classes, train=N])",
-          lambda fr: t.clean_table(fr.store, fr.filter, fr.labels), t.clean_display, percent=True,
+          lambda fr: t.clean_table(fr.store, fr.filter, fr.labels), d.clean_display, percent=True,
           terminal=TerminalHints(spare=("seeds",))),
     Table("robust", "Robust accuracy per attack x setting x gradient mode x ε: mean ± std over seeds [Wilson 95% interval of the "
           "pooled examples; none for mAP]; worst = per-example worst case over the attack's modes; worst of all / all = "
@@ -132,37 +133,37 @@ _DEFINITIONS = (
           "box = worst over their sweeps; worst = per-example worst case over every attack and mode; mean ± std over seeds "
           "[Wilson 95% interval of the pooled examples]; '-' = not run; flags = failed sanity checks behind the row ('!' on the "
           "cells they concern)",
-          lambda fr: t.leaderboard(fr.store, fr.filter, fr.labels, fr.eps), _leaderboard_display, percent=True,
+          lambda fr: leaderboard(fr.store, fr.filter, fr.labels, fr.eps), _leaderboard_display, percent=True,
           marks={**SANITY_MARK, "-": "not run"},
           terminal=TerminalHints(spare=("flags", "n"), splits=(("model", "dataset"), ("epsilon",)))),
     Table("alignment", "Alignment per layer (mean ± std over seeds): angle(W, B) in degrees and |B|/|W| before training (init) and "
           "at the last epoch (final); grad angle = angle(rule's, true weight gradient) at the last epoch, when tracked",
-          lambda fr: t.alignment_table(fr.store, fr.filter, fr.labels), t.alignment_display,
+          lambda fr: t.alignment_table(fr.store, fr.filter, fr.labels), d.alignment_display,
           terminal=TerminalHints(spare=("n", "init epoch", "final epoch"))),
     Table("hashing", "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
-          lambda fr: t.hashing_table(fr.store, fr.filter, fr.labels), t.hashing_wide, terminal=TerminalHints(spare=("n",))),
+          lambda fr: t.hashing_table(fr.store, fr.filter, fr.labels), d.hashing_wide, terminal=TerminalHints(spare=("n",))),
     Table("hashing_attacks", "Hashing: mAP under attack per bits x gradient mode x ε",
           lambda fr: _robust_rows(fr, retrieval=True), _robust_display, part_of="hashing", marks=SANITY_MARK,
           terminal=TerminalHints(splits=ROBUST_SPLITS), latex=LatexHints(floats=("model", "dataset", "attack"), sections=())),
     Table("hessian", "Hessian of the loss (ssbench analyze hessian): Hutchinson trace, top eigenvalue (Lanczos), loss; mean ± std "
           "over seeds",
-          lambda fr: t.hessian_table(fr.store, fr.filter, fr.labels), t.long_display,
+          lambda fr: t.hessian_table(fr.store, fr.filter, fr.labels), d.long_display,
           terminal=TerminalHints(spare=("seeds", "split"))),
     Table("trajectory", "Over training (ssbench analyze trajectory): loss, Hessian trace (Hutchinson) and top eigenvalue (Lanczos) "
           "at each analysed epoch's kept weights (epoch 0 = before training); mean ± std over seeds",
-          lambda fr: t.trajectory_table(fr.store, fr.filter, fr.labels), t.long_display,
+          lambda fr: t.trajectory_table(fr.store, fr.filter, fr.labels), d.long_display,
           terminal=TerminalHints(spare=("seeds", "split", "n"))),
     Table("corruptions", "Accuracy under corruptions per severity (mean ± std over seeds); mean = over severities; 'all' = over "
           "corruptions (its mean is the mCA); clean = same examples uncorrupted",
-          lambda fr: t.corruption_table(fr.store, fr.filter, fr.labels), t.corruption_wide, percent=True,
+          lambda fr: t.corruption_table(fr.store, fr.filter, fr.labels), d.corruption_wide, percent=True,
           terminal=TerminalHints(spare=("n",))),
     Table("trainability", "Trainability map (ssbench analyze trainability): final training accuracy of rules trained from scratch "
           "with W ~ N(0, weight var / fan_in) and feedback ~ N(0, feedback var / fan_in) (1 = LeCun, 2 = He); mean ± std over "
           "seeds; x = non-finite loss (chance)",
-          lambda fr: t.trainability_table(fr.store, fr.filter, fr.labels), t.trainability_wide, percent=True,
+          lambda fr: t.trainability_table(fr.store, fr.filter, fr.labels), d.trainability_wide, percent=True,
           marks={" x": "a seed's loss turned non-finite (scored at chance)"}),
     Table("sanity", "FAILED sanity checks (robustness claims above that depend on these are not supported)",
-          lambda fr: t.sanity_table(fr.store, fr.filter, fr.labels), t.sanity_display,
+          lambda fr: t.sanity_table(fr.store, fr.filter, fr.labels), d.sanity_display,
           terminal=TerminalHints(note=" (details per check: --format markdown or csv)", narrow=False)),
 )
 

@@ -1,8 +1,9 @@
 """Report tables as pandas DataFrames, built from the store's frames only.
 
 Every builder returns a *long* numeric frame (what CSV and JSON get); each table's display function
-(below; `ssbench.report.registry` names which is whose) turns one into strings ("0.912 ± 0.004")
-for the terminal, Markdown and LaTeX. Only finished runs count.
+(`ssbench.report.display`; `ssbench.report.registry` names which is whose) turns one into strings
+("0.912 ± 0.004") for the terminal, Markdown, LaTeX and HTML. Only finished runs count. The
+leaderboard's builder is in `ssbench.report.leaderboard`.
 
 Rows are grouped by the variant labels of `ssbench.report.variants` (rule with its options, model
 with its widths, dataset with its class subset / training-set size, hash bits, any other config
@@ -17,7 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ssbench.report.stats import interval_text, successes, wilson
+from ssbench.report.cells import blank
+from ssbench.report.stats import successes, wilson
 from ssbench.report.sweeps import WORST_ALL, add_identity, combine, examples_of, newest_per_identity, setting_labels
 from ssbench.report.variants import LABELS, rule_sort_key, run_labels
 from ssbench.specs import TRAIN_KINDS
@@ -100,7 +102,8 @@ def _seeds(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return s.rename("seeds").reset_index()
 
 
-def _sort(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+def sort_rows(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Rows in the report's order: modes as MODE_ORDER, bp first then the rules' order, options numerically."""
     keys = [k for k in keys if k in df.columns]
     if df.empty or not keys:
         return df.reset_index(drop=True)
@@ -135,7 +138,7 @@ def clean_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFra
     ev = attach_labels(ev, labels_of(store) if labels is None else labels)
     ev = ev.drop_duplicates("run_id", keep="last")  # one number per run: the last logged
     out = _agg(ev, KEYS, "value", "accuracy").merge(_seeds(ev, KEYS), on=KEYS, how="left")
-    return _sort(out[cols], ["kind", "model", "dataset", "bits", "rule", "variant"])
+    return sort_rows(out[cols], ["kind", "model", "dataset", "bits", "rule", "variant"])
 
 
 # -- (2) robust accuracy --------------------------------------------------------------------------
@@ -249,7 +252,7 @@ def sweep_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFr
         for cid, rid, attack, mode in zip(failed["check_id"], failed["run_id"], failed["attack"], failed["mode"]):
             by_run.setdefault(int(rid), []).append((int(cid), attack, mode))
     # a check concerns a point when it names the point's attack / mode or none (the whole run)
-    ids = [[cid for cid, a, m in by_run.get(int(run_id), []) if (_blank(a) or a == attack) and (_blank(m) or m == mode)]
+    ids = [[cid for cid, a, m in by_run.get(int(run_id), []) if (blank(a) or a == attack) and (blank(m) or m == mode)]
            for run_id, attack, mode in zip(sw["run_id"], sw["attack"], sw["mode"])]
     sw["failed_ids"] = ids
     sw["failed_checks"] = [len(i) for i in ids]
@@ -271,9 +274,9 @@ def robust_points(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
 ROBUST_KEYS = [*KEYS, "attack", "setting", "norm", "metric", "epsilon", "mode"]
 
 
-def _run_list(runs: pd.Series) -> str:
+def run_list(runs: pd.Series) -> str:
     """'5,12,19': the attack runs behind a row, from per-point '5' / per-worst-case '5,6' entries."""
-    return ",".join(map(str, sorted({int(x) for v in runs if not _blank(v) for x in str(v).split(",")})))
+    return ",".join(map(str, sorted({int(x) for v in runs if not blank(v) for x in str(v).split(",")})))
 
 
 def _first_note(notes: pd.Series) -> Any:
@@ -305,7 +308,7 @@ def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFr
     out = out.merge(g["failed_checks"].sum().reset_index(), on=keys)
     out = out.merge(g["robust"].agg(lambda v: bool(v.isna().any())).rename("_na").reset_index(), on=keys)
     out = out.merge(g["combined"].agg(_first_note).rename("note").reset_index(), on=keys)
-    out = out.merge(g["runs"].agg(_run_list).reset_index(), on=keys)
+    out = out.merge(g["runs"].agg(run_list).reset_index(), on=keys)
     out.loc[out["_na"], ["robust_mean", "robust_std"]] = np.nan
     lo, hi = wilson(out["k"], out["examples"])
     proportion = (out["metric"] == "accuracy") & ~out["_na"]
@@ -314,100 +317,11 @@ def robust_table(store: Any, f: ReportFilter = ReportFilter(), points: pd.DataFr
     return _sort_robust(out[cols])
 
 
-def leaderboard(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None,
-                eps: float | None = None) -> pd.DataFrame:
-    """One row per variant (rule x model x data) at one ε: see `ssbench.report.leaderboard`."""
-    from ssbench.report.leaderboard import leaderboard_table
-
-    pts = sweep_points(store, f, labels)
-    if pts.empty:
-        return leaderboard_table(pts, pts, {}, KEYS, eps)
-    ev = store.frame_evaluations(kind="attack", status="finished")
-    clean = ev[(ev["metric"] == "accuracy") & ev["params"].map(lambda p: isinstance(p, dict) and bool(p.get("clean")))] \
-        if not ev.empty else ev
-    out = leaderboard_table(pts, clean, attack_indices(store), KEYS, None if eps is None else round(float(eps), EPS_DECIMALS))
-    return _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant"])
-
-
 def _sort_robust(df: pd.DataFrame) -> pd.DataFrame:
     """Attacks alphabetically, then the worst of all last (the headline row closes the table)."""
     df = df.assign(_last=(df["attack"] == WORST_ALL[0]).astype(int))
-    out = _sort(df, ["kind", "model", "dataset", "bits", "metric", "_last", "attack", "setting", "rule", "variant", "mode", "epsilon"])
+    out = sort_rows(df, ["kind", "model", "dataset", "bits", "metric", "_last", "attack", "setting", "rule", "variant", "mode", "epsilon"])
     return out.drop(columns="_last")
-
-
-def _blank(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v == ""
-
-
-def _label_strings(df: pd.DataFrame) -> pd.DataFrame:
-    """bits as '32' / '', variant '' for none: pivot and display need non-NaN keys."""
-    df = df.copy()
-    if "bits" in df.columns:
-        df["bits"] = ["" if _blank(v) else str(int(v)) for v in df["bits"]]
-    for c in ("variant", "setting"):
-        if c in df.columns:
-            df[c] = ["" if _blank(v) else str(v) for v in df[c]]
-    return df
-
-
-def _drop_uninformative(df: pd.DataFrame, constant: tuple[str, ...] = ()) -> list[str]:
-    """Label columns a display can leave out: bits / variant / setting when empty everywhere, `constant`
-    ones when they hold a single value."""
-    drop = [c for c in ("bits", "variant", "setting") if c in df.columns and all(_blank(v) for v in df[c])]
-    drop += [c for c in constant if c in df.columns and c not in drop and df[c].nunique(dropna=False) == 1]
-    return drop
-
-
-def _robust_cell(mean: Any, std: Any, lo: Any, hi: Any, failed: Any, note: Any, full: bool, percent: bool = False) -> str:
-    """'0.512 ± 0.020 [0.468, 0.556]!': mean ± std over seeds, the Wilson 95% interval of the pooled
-    examples, '!' = failed sanity checks behind it; 'n/a (why)' where a worst case cannot be formed.
-    `full=False`: the mean alone, 'n/a' alone (narrow terminals). `percent`: '51.2 ± 2.0 [46.8, 55.6]'."""
-    flag = "!" if not _blank(failed) and failed else ""
-    if mean is None or pd.isna(mean):
-        if not (isinstance(note, str) and note):
-            return ""
-        return (note if full else note.split(" ")[0]) + flag  # narrow: 'n/a', the reason is in the files
-    text = _acc(mean, std if full else None, percent)
-    interval = (interval_text(_x100(lo), _x100(hi), 1) if percent else interval_text(lo, hi)) if full else ""
-    return f"{text} {interval}{flag}" if interval else text + flag
-
-
-def robust_wide(df: pd.DataFrame, *, std: bool = True, runs: bool = True, percent: bool = False) -> pd.DataFrame:
-    """Display form of `robust_table`: one row per variant x attack x setting x mode, one column per
-    epsilon (cells: see `_robust_cell`), then the attack runs behind the row (`runs=False`: left out,
-    as the terminal does). `std=False`: means only (narrow terminals); `percent`: see `_acc`."""
-    if df.empty:
-        return pd.DataFrame()
-    df = _label_strings(df)
-    get = lambda c: df[c] if c in df.columns else [None] * len(df)  # noqa: E731  `ssbench show` passes bare sweep rows
-    df["cell"] = [_robust_cell(m, s, lo, hi, fc, note, std, percent) for m, s, lo, hi, fc, note in
-                  zip(df["robust_mean"], get("robust_std"), get("robust_lo"), get("robust_hi"), df["failed_checks"], get("note"))]
-    df["eps"] = [_eps_label(e, norm) for e, norm in zip(df["epsilon"], df["norm"])]
-    index = ["kind", "model", "dataset", "bits", "attack", "setting", "metric", "rule", "variant", "mode"]
-    drop = _drop_uninformative(df, ("kind", "model", "dataset", "metric"))
-    index = [c for c in index if c in df.columns and c not in drop]
-    order = list(dict.fromkeys(df.sort_values(["norm", "epsilon"])["eps"]))
-    wide = df.pivot_table(index=index, columns="eps", values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=order).reset_index()
-    wide.columns.name = None
-    if runs and "runs" in df.columns:
-        behind = df.groupby(index, sort=False)["runs"].agg(_run_list).reset_index()
-        wide = wide.merge(behind, on=index, how="left")
-    wide["_last"] = (wide["attack"] == WORST_ALL[0]).astype(int) if "attack" in wide.columns else 0
-    wide = _sort(wide, ["kind", "model", "dataset", "bits", "_last", "attack", "setting", "metric", "rule", "variant", "mode"])
-    return wide.drop(columns="_last").fillna("")
-
-
-def _eps_label(e: float, norm: Any) -> str:
-    """'0.03' for decimal grids, '8/255' for the CIFAR-style grid, '3px' for l0 budgets."""
-    if norm == "l0":
-        return f"{int(e)}px"
-    k = e * 255
-    # eps are stored rounded to EPS_DECIMALS: 4/255 comes back as 0.01568627, i.e. 3.9999989 / 255
-    if e > 0 and abs(k - round(k)) < 1e-4 and abs(e * 100 - round(e * 100)) > 1e-6:
-        return f"{int(round(k))}/255"
-    return f"{e:g}"
 
 
 # -- (3) alignment --------------------------------------------------------------------------------
@@ -438,7 +352,7 @@ def alignment_curves(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Da
     out = out.merge(grad, on=keys)
     order = a.groupby(["rule", "layer"], dropna=False)["layer_order"].min().reset_index()
     out = out.merge(order, on=["rule", "layer"])
-    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order", "epoch"])
+    out = sort_rows(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order", "epoch"])
     return out[cols]
 
 
@@ -469,7 +383,7 @@ def alignment_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Dat
     g = runs.groupby(keys, sort=False, dropna=False)
     out = out.merge(g["initial_epoch"].min().reset_index(), on=keys).merge(g["final_epoch"].max().reset_index(), on=keys)
     out = out.merge(g["layer_order"].min().reset_index(), on=keys)
-    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order"])
+    out = sort_rows(out, ["kind", "model", "dataset", "bits", "rule", "variant", "layer_order"])
     return out[cols]
 
 
@@ -479,7 +393,7 @@ def _retrieval_metric(m: Any) -> bool:
     return str(m).startswith(("map", "precision"))
 
 
-def _metric_order(m: str) -> str:
+def metric_order(m: str) -> str:
     return ("0" if m.startswith("map") else "1") + m  # mAP@K first, then precision@K
 
 
@@ -497,21 +411,9 @@ def hashing_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     ev = attach_labels(ev, labels_of(store) if labels is None else labels)
     ev = ev.drop_duplicates(["run_id", "metric"], keep="last")
     out = _agg(ev, keys, "value", "value").merge(_seeds(ev, keys), on=keys, how="left")
-    out["_m"] = out["metric"].map(_metric_order)
-    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_m"])
+    out["_m"] = out["metric"].map(metric_order)
+    out = sort_rows(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_m"])
     return out[cols]
-
-
-def hashing_wide(df: pd.DataFrame, *, std: bool = True, **_: Any) -> pd.DataFrame:
-    """Display form of `hashing_table`: one row per variant (bits included), one column per metric."""
-    if df.empty:
-        return pd.DataFrame()
-    df = _label_strings(df)
-    df["cell"] = [_pm(m, s if std else None) for m, s in zip(df["value_mean"], df["value_std"])]
-    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant")
-             if c not in _drop_uninformative(df, ("kind",))]
-    metrics = sorted(set(df["metric"]), key=_metric_order)
-    return _wide_cells(df, index, "metric", metrics)
 
 
 def hashing_attack_table(store: Any, f: ReportFilter = ReportFilter(), robust: pd.DataFrame | None = None,
@@ -575,7 +477,7 @@ def hessian_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataF
     if h.empty:
         return pd.DataFrame(columns=cols)
     out = _agg_each(h, keys, ("trace", "top_eig", "loss")).merge(_seeds(h, keys), on=keys, how="left")
-    return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant"])
+    return sort_rows(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant"])
 
 
 # -- (5b) over training (analyze trajectory) -----------------------------------------------------
@@ -616,7 +518,7 @@ def trajectory_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Da
     if t.empty:
         return pd.DataFrame(columns=cols)
     out = _agg_each(t, keys, ("loss", "trace", "top_eig")).merge(_seeds(t, keys), on=keys, how="left")
-    return _sort(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant", "epoch"])
+    return sort_rows(out[cols], ["kind", "model", "dataset", "bits", "split", "rule", "variant", "epoch"])
 
 
 def trajectory_planes(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -675,37 +577,9 @@ def corruption_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.Da
     first_seen = {c: i for i, c in enumerate(dict.fromkeys(p["corruption"]))}  # stored order: by family
     out["_c"] = out["corruption"].map(lambda c: 10_000 + (c == "none") if c in ("all", "none") else first_seen[c])
     out["_s"] = out["severity"].fillna(99)
-    out = _sort(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_c", "_s"])
+    out = sort_rows(out, ["kind", "model", "dataset", "bits", "rule", "variant", "_c", "_s"])
     return out[cols]
 
-
-def corruption_wide(df: pd.DataFrame, *, std: bool = True, percent: bool = False, **_: Any) -> pd.DataFrame:
-    """Display form of `corruption_table`: one row per variant x corruption, columns clean, severities,
-    mean ('all' rows: means over corruptions; its mean is the mCA)."""
-    if df.empty:
-        return pd.DataFrame()
-    df = _label_strings(df)
-    df["col"] = ["mean" if pd.isna(s) else ("clean" if c == "none" else str(int(s)))
-                 for c, s in zip(df["corruption"], df["severity"])]
-    df.loc[df["corruption"] == "none", "corruption"] = "all"  # clean sits in the 'all' row
-    df["cell"] = [_acc(m, s if std else None, percent) for m, s in zip(df["accuracy_mean"], df["accuracy_std"])]
-    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant", "corruption")
-             if c not in _drop_uninformative(df, ("kind", "model", "dataset"))]
-    sev = sorted({int(s) for s in df["severity"].dropna() if int(s) > 0})
-    columns = [c for c in ("clean", *map(str, sev), "mean") if c in set(df["col"])]
-    return _wide_cells(df, index, "col", columns)
-
-
-
-def _wide_cells(df: pd.DataFrame, index: list[str], key: str, columns: list[str]) -> pd.DataFrame:
-    """Pivot the formatted 'cell' column to one column per `key` value (in `columns` order), plus n."""
-    wide = df.pivot_table(index=index, columns=key, values="cell", aggfunc="first", sort=False)
-    wide = wide.reindex(columns=columns).reset_index()
-    wide.columns.name = None
-    n = df.groupby(index, sort=False)["n"].max().reset_index()
-    wide = wide.merge(n, on=index)
-    wide["n"] = wide["n"].astype(int).astype(str)
-    return wide.fillna("")
 
 # -- trainability map (ssbench analyze trainability) ---------------------------------------------
 
@@ -738,28 +612,10 @@ def trainability_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.
     out = _agg(p, keys, "accuracy", "accuracy")
     out = out.merge(p.groupby(keys, sort=False, dropna=False)["nonfinite"].sum().astype(int).reset_index(), on=keys)
     out = out.merge(_seeds(p, keys), on=keys, how="left")
-    return _sort(out[cols], ["model", "dataset", "bits", "rule", "variant", "feedback_var", "weight_var"])
-
-
-def trainability_wide(df: pd.DataFrame, *, std: bool = True, percent: bool = False, **_: Any) -> pd.DataFrame:
-    """Display form of `trainability_table`: the map itself, one row per configuration x feedback
-    variance, one column per weight variance; 'x' = a seed's loss turned non-finite."""
-    if df.empty:
-        return pd.DataFrame()
-    df = _label_strings(df)
-    df["cell"] = [_acc(m, s if std else None, percent) + (" x" if k else "")
-                  for m, s, k in zip(df["accuracy_mean"], df["accuracy_std"], df["nonfinite"])]
-    df["feedback var"] = [f"{v:g}" for v in df["feedback_var"]]
-    df["col"] = [f"weight var {v:g}" for v in df["weight_var"]]
-    index = [c for c in ("kind", "model", "dataset", "bits", "rule", "variant", "feedback var")
-             if c not in _drop_uninformative(df, ("kind",))]
-    columns = [f"weight var {v:g}" for v in sorted(set(df["weight_var"]))]
-    return _wide_cells(df, index, "col", columns)
+    return sort_rows(out[cols], ["model", "dataset", "bits", "rule", "variant", "feedback_var", "weight_var"])
 
 
 # -- (7) sanity -----------------------------------------------------------------------------------
-
-SANITY_COMPACT = ["run", "rule", "check", "attack", "mode", "value"]
 
 
 def sanity_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -779,111 +635,4 @@ def sanity_table(store: Any, f: ReportFilter = ReportFilter(), labels: pd.DataFr
     s["target_id"] = s["parent_id"]
     s["seed"] = [runs["seed"].get(int(t)) if pd.notna(t) and int(t) in runs.index else None for t in s["target_id"]]
     s = s.rename(columns={"name": "check", "run_id": "run", "target_id": "target"})
-    return _sort(s[cols], ["run"])
-
-
-# -- display ------------------------------------------------------------------------------------
-# Each table's display function (registered in ssbench.report.registry) takes the long frame and
-# std=True (False: means only, for narrow terminals), compact=False (True: the terminal's form),
-# percent=False (True: accuracies in % with one decimal, as papers print them; LaTeX) and returns
-# strings for humans. Every display accepts all three keywords, whether or not it uses them.
-
-def _pm(mean: Any, std: Any, digits: int = 3) -> str:
-    if mean is None or pd.isna(mean):
-        return ""
-    if std is None or pd.isna(std):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def _x100(v: Any) -> Any:
-    return None if v is None else v * 100
-
-
-def _acc(mean: Any, std: Any, percent: bool = False) -> str:
-    """An accuracy (a proportion): '0.912 ± 0.004', or with `percent` '91.2 ± 0.4'."""
-    return _pm(_x100(mean), _x100(std), 1) if percent else _pm(mean, std, 3)
-
-
-def _sig(mean: Any, std: Any) -> str:
-    """4 significant digits for quantities without a natural scale (curvature)."""
-    if mean is None or pd.isna(mean):
-        return ""
-    return f"{mean:.4g}" + ("" if std is None or pd.isna(std) else f" ± {std:.2g}")
-
-
-MERGED = {  # prefix of <prefix>_mean / _std -> (digits of "mean ± std", None = 4 significant, "acc" = see _acc; display header)
-    "accuracy": ("acc", "accuracy"), "angle_initial": (1, "angle init"), "angle_final": (1, "angle final"),
-    "norm_ratio_initial": (2, "|B|/|W| init"), "norm_ratio_final": (2, "|B|/|W| final"),
-    "grad_angle_final": (1, "grad angle final"), "trace": (None, "trace"), "top_eig": (None, "top eigenvalue"),
-    "loss": (3, "loss"),
-}
-
-
-def _merged(digits: Any, mean: Any, std: Any, percent: bool) -> str:
-    if digits == "acc":
-        return _acc(mean, std, percent)
-    return _sig(mean, std) if digits is None else _pm(mean, std, digits)
-
-
-def long_display(df: pd.DataFrame, *, std: bool = True, percent: bool = False, keep_kind: bool = False, **_: Any) -> pd.DataFrame:
-    """The display of a table that keeps its long rows: labels as strings, <x>_mean / <x>_std merged
-    into 'mean ± std' (MERGED), counts as integers. `keep_kind`: keep a single-valued kind column."""
-    if df.empty:
-        return df
-    out = _label_strings(df)
-    out = out.drop(columns=_drop_uninformative(out, () if keep_kind else ("kind",)))
-    if "variant" in out.columns and "rule" in out.columns:  # a rule's variant reads next to it
-        cols = [c for c in out.columns if c != "variant"]
-        cols.insert(cols.index("rule") + 1, "variant")
-        out = out[cols]
-    for prefix, (digits, header) in MERGED.items():
-        m, s = f"{prefix}_mean", f"{prefix}_std"
-        if m in out.columns:
-            pos = list(out.columns).index(m)
-            sd = out[s] if s in out.columns and std else [None] * len(out)
-            merged = [_merged(digits, a, b, percent) for a, b in zip(out[m], sd)]
-            out = out.drop(columns=[c for c in (m, s) if c in out.columns])
-            out.insert(pos, header, merged)
-    for c in ("target", "seed", "initial_epoch", "final_epoch", "n", "epoch"):
-        if c in out.columns:
-            out[c] = [("" if v is None or pd.isna(v) else str(int(v))) for v in out[c]]
-    out = out.rename(columns={"initial_epoch": "init epoch", "final_epoch": "final epoch"})
-    return out.astype(object).where(out.notna(), "").astype(str)
-
-
-def clean_display(df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
-    """kind is the point of the clean table (pretrain vs fine-tuned): kept even when single."""
-    return long_display(df, keep_kind=True, **kw)
-
-
-def alignment_display(df: pd.DataFrame, **kw: Any) -> pd.DataFrame:
-    """Without the gradient angle when no run tracked it, and without the initial epoch when it is 0
-    everywhere ('init' is before training, as the title says)."""
-    if df.empty:
-        return df
-    df = df.drop(columns=[c for c in ("grad_angle_final_mean", "grad_angle_final_std") if df[c].isna().all()])
-    if (df["initial_epoch"] == 0).all():
-        df = df.drop(columns=["initial_epoch"])
-    return long_display(df, **kw)
-
-
-def sanity_display(df: pd.DataFrame, *, compact: bool = False, **kw: Any) -> pd.DataFrame:
-    """Constant model / dataset columns left out; `compact`: the terminal's columns (SANITY_COMPACT),
-    without the free-text detail."""
-    if df.empty:
-        return df
-    df = df.assign(value=[("" if v is None or pd.isna(v) else f"{v:.4g}") for v in df["value"]])
-    out = long_display(df, **kw)
-    out = out.drop(columns=[c for c in ("model", "dataset") if out[c].nunique(dropna=False) == 1])
-    return out[[c for c in SANITY_COMPACT if c in out.columns]] if compact else out
-
-
-def __getattr__(name: str) -> Any:
-    """`build_tables`, `display_frame` and `TABLES` live in ssbench.report.registry (which imports this
-    module); they are still reachable from here."""
-    if name in ("build_tables", "display_frame", "TABLES"):
-        from ssbench.report import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return sort_rows(s[cols], ["run"])
