@@ -8,7 +8,8 @@ from torch import nn
 from ssbench.errors import DataNotFoundError
 from ssbench.retrieval.heads import HashHead, attach_hash_head, code_scale
 from ssbench.retrieval.metrics import relevance
-from ssbench.retrieval.protocol import RetrievalSplit, class_balanced_split, load_list_retrieval
+from ssbench.data.lists import load_list_retrieval
+from ssbench.retrieval.protocol import RetrievalSplit, class_balanced_split
 
 
 def test_class_balanced_split(tmp_path):

@@ -27,6 +27,6 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] = field(default_factory=list)
-    # list-file retrieval data (ssbench.retrieval.protocol.ListRetrievalData): queries / database /
+    # list-file retrieval data (ssbench.data.lists.ListRetrievalData): queries / database /
     # hash-training lists used by the hashing task and attacks instead of a split of the pool
     retrieval: Any = None

@@ -12,9 +12,11 @@ are normalised with the ImageNet statistics (the images are natural photos).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from ssbench.data.bundle import DataBundle
@@ -41,8 +43,6 @@ def _rows(ds: Dataset, rows: list[int]) -> Dataset:
 
 def load_list_data(spec: DataSpec) -> DataBundle:
     """A DeepHash list-file folder (``--data-dir``) as a multi-label retrieval bundle."""
-    from ssbench.retrieval.protocol import load_list_retrieval  # retrieval is optional weight at import time
-
     name = spec.name.lower()
     label = LIST_ALIASES.get(name, name)
     expected = f"{', '.join(LIST_FILES)} (lines 'image/path l1 ... lC', 0/1 labels) and the images they list"
@@ -82,3 +82,90 @@ def load_list_data(spec: DataSpec) -> DataBundle:
         num_classes=c, in_channels=3, image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD,
         class_names=[str(i) for i in range(c)], retrieval=lists,
     )
+
+
+# -- list files (MS-COCO, NUS-WIDE, ImageNet-100) ------------------------------------------------
+
+def read_list_file(path: str | Path) -> tuple[list[str], Tensor]:
+    """Lines ``path l1 ... lC`` (0/1) -> (paths, labels uint8 N x C)."""
+    paths, rows = [], []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            rows.append([int(v) for v in parts[1:]])
+        except ValueError as e:
+            raise DataNotFoundError(f"{path}:{n}: labels must be 0/1 integers after the image path") from e
+        paths.append(parts[0])
+    if not rows:
+        raise DataNotFoundError(f"list file {path} has no entries")
+    width = {len(r) for r in rows}
+    if len(width) != 1:
+        raise DataNotFoundError(f"list file {path}: lines have different label counts {sorted(width)}")
+    return paths, torch.tensor(rows, dtype=torch.uint8)
+
+
+class ListFileDataset(Dataset):
+    """Images listed in a DeepHash list file; yields (float C x H x W in [0, 1], 0/1 label vector)."""
+
+    def __init__(self, root: str | Path, list_file: str | Path, *, image_size: int = 224) -> None:
+        self.root = Path(root)
+        self.list_file = Path(list_file)
+        self.paths, self.label_matrix = read_list_file(list_file)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        from PIL import Image
+
+        p = self.root / self.paths[i]
+        if not p.exists():
+            raise DataNotFoundError(f"image {p} listed but missing; fix the list file or the data root")
+        img = Image.open(p).convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        x = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(self.image_size, self.image_size, 3)
+        return x.permute(2, 0, 1).float().div(255.0), self.label_matrix[i].float()
+
+
+@dataclass
+class ListRetrievalData:
+    """The three lists of a DeepHash folder; each a ListFileDataset or a Subset of one (val carved
+    out of train, ``train_limit`` / ``test_limit``)."""
+
+    train: Dataset
+    query: Dataset
+    database: Dataset
+
+    @property
+    def num_classes(self) -> int:
+        return int(list_rows(self.database)[0].label_matrix.shape[1])
+
+
+def list_rows(ds: Dataset) -> tuple[ListFileDataset, list[int]]:
+    """(the ListFileDataset under ``ds``, the rows of its list file that ``ds`` serves, in order)."""
+    index: list[int] | None = None
+    while isinstance(ds, Subset):
+        index = list(ds.indices) if index is None else [int(ds.indices[i]) for i in index]
+        ds = ds.dataset
+    if not isinstance(ds, ListFileDataset):
+        raise TypeError(f"{type(ds).__name__} is not a list-file data set")
+    return ds, [int(i) for i in (range(len(ds)) if index is None else index)]
+
+
+def load_list_retrieval(root: str | Path, *, image_size: int = 224, images_root: str | Path | None = None) -> ListRetrievalData:
+    """``<root>/{train,test,database}.txt`` -> datasets (test.txt are the queries)."""
+    root = Path(root)
+    missing = [n for n in ("train.txt", "test.txt", "database.txt") if not (root / n).exists()]
+    if missing:
+        raise DataNotFoundError(
+            f"retrieval lists {', '.join(missing)} missing in {root}; put DeepHash-style list files there "
+            "(each line: image path then C 0/1 labels)"
+        )
+    img_root = Path(images_root) if images_root is not None else root
+    sets = {n: ListFileDataset(img_root, root / f"{n}.txt", image_size=image_size) for n in ("train", "test", "database")}
+    widths = {int(d.label_matrix.shape[1]) for d in sets.values()}
+    if len(widths) != 1:
+        raise DataNotFoundError(f"list files in {root} disagree on the number of labels: {sorted(widths)}")
+    return ListRetrievalData(sets["train"], sets["test"], sets["database"])

@@ -17,7 +17,8 @@ from ssbench.retrieval.metrics import (
     relevance,
     retrieval_scores,
 )
-from ssbench.retrieval.protocol import RetrievalSplit, class_balanced_split, load_list_retrieval
+from ssbench.data.lists import load_list_retrieval
+from ssbench.retrieval.protocol import RetrievalSplit, class_balanced_split
 from ssbench.retrieval.scoring import Reference, RetrievalLabeler, RetrievalScore
 from ssbench.retrieval.task import HashingTask
 

@@ -22,9 +22,9 @@ from torch.utils.data import Subset
 
 from ssbench.errors import SpecError
 from ssbench.retrieval.metrics import TEST_METRICS, binarize, hamming_distance, ranking_scores, relevance
+from ssbench.data.lists import ListRetrievalData
 from ssbench.retrieval.protocol import (
     SPLIT_FILE,
-    ListRetrievalData,
     RetrievalSplit,
     bundle_pool,
     class_balanced_split,

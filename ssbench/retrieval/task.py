@@ -10,9 +10,9 @@ from torch.utils.data import Dataset, Subset
 from ssbench.retrieval.heads import attach_hash_head
 from ssbench.retrieval.losses import make_hash_loss
 from ssbench.retrieval.metrics import TEST_METRICS, ranking_scores
+from ssbench.data.lists import ListRetrievalData
 from ssbench.retrieval.protocol import (
     SPLIT_FILE,
-    ListRetrievalData,
     RetrievalSplit,
     bundle_pool,
     class_balanced_split,
