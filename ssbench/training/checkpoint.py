@@ -115,6 +115,15 @@ def load_scheduler_state(sched: Any, state: dict[str, Any] | None) -> None:
     sched.load_state_dict({k: Counter(v) if isinstance(getattr(sched, k, None), Counter) else v for k, v in state.items()})
 
 
+@dataclass(frozen=True)
+class Resumable:
+    """An interrupted run of the same job and the state it left after `epoch` (`save_resume_state`)."""
+
+    run_id: int
+    epoch: int
+    state: dict[str, Any]
+
+
 def save_resume_state(
     path: Path, *, run_id: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     best_score: float, best_epoch: int, first_loss: float | None, diverged: dict[str, float] | None,

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from ssbench.errors import CheckpointError, SpecError, SsbenchError, raise_terminated
 from ssbench.rules.base import mixed_seed
 from ssbench.specs import TrainSpec
-from ssbench.training.checkpoint import RESUME_FILE, read_resume_state, resolve_checkpoint
+from ssbench.training.checkpoint import RESUME_FILE, Resumable, read_resume_state, resolve_checkpoint
 from ssbench.training.device import resolve_device
 
 # How long a process waits in a collective for the others. Rank 0 evaluates and writes checkpoints
@@ -220,7 +220,6 @@ def shared_resume(prior: Any, world: World, store: Any) -> Any:
     point = broadcast(point, world)
     if world.main or point is None:
         return prior
-    from ssbench.training.job import Resumable  # job imports this module
 
     run_id, epoch, path = point
     state = read_resume_state(Path(path))

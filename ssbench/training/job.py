@@ -33,6 +33,7 @@ from ssbench.store.records import AlignmentRow
 from ssbench.training.checkpoint import (
     RESUME_FILE,
     ModelMeta,
+    Resumable,
     load_scheduler_state,
     model_from_checkpoint,
     read_checkpoint,
@@ -186,15 +187,6 @@ def _log_alignment(rec, model: nn.Module, epoch: int, grad_angles: dict[str, flo
 
 
 # -- resume -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Resumable:
-    """An interrupted run of the same job and the state it left after `epoch`."""
-
-    run_id: int
-    epoch: int
-    state: dict[str, Any]  # see checkpoint.save_resume_state
-
 
 def _mark_gone_failed(store: Store, run: Run) -> None:
     """A 'running' run whose process ended (SIGKILL, out of memory) becomes 'failed', saying why.
