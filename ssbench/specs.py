@@ -205,32 +205,40 @@ class HashSpec(Spec):
     quantization_weight: float = Field(default=1e-4, ge=0)
 
 
-class TrainSpec(Spec):
-    """A training job: `pretrain` (BP backbone), `finetune` (rule, from a source), `train` (rule, from scratch)."""
+class TrainOptions(Spec):
+    """How a model is trained: the options a recipe's training stage sets (`TrainStage`) and each of
+    its jobs carries (`TrainSpec`). Declared once, here; the planner hands every field of this group
+    from stage to spec, so a new training option is one field added here."""
 
-    LATE_FIELDS = ("keep_epochs", "compute")
-
-    kind: TrainKind = "pretrain"
     task: Literal["classification", "hashing"] = "classification"
-    data: DataSpec = DataSpec()
-    model: ModelSpec = ModelSpec()
-    rule: RuleSpec = RuleSpec()
     optim: OptimSpec = OptimSpec()
     hashing: HashSpec | None = None
     epochs: int = Field(default=3, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    eval_batch_size: int = Field(default=512, ge=1)
-    seed: int = Field(default=0, ge=0)
     deterministic: bool = False
-    device: str = "auto"
     select: Literal["best", "last"] = Field(default="best", description="which checkpoint the run exports (val accuracy)")
-    source: str | None = Field(default=None, description="finetune: checkpoint path or run id to start from")
-    reset_head: bool | None = Field(default=None, description="new head; default: when the classes differ from the source's (other data set or class list)")
-    track_alignment: bool = True
     track_grad_alignment: bool = False
     keep_epochs: int = Field(default=0, ge=0, description="keep a checkpoint every N epochs, and the initial "
                              "weights, for analyses over training (ssbench analyze trajectory); 0 = none")
     compute: ComputeSpec = ComputeSpec()
+
+
+class TrainSpec(TrainOptions):
+    """A training job: `pretrain` (BP backbone), `finetune` (rule, from a source), `train` (rule, from
+    scratch): its `TrainOptions` and what names this one job."""
+
+    LATE_FIELDS = ("keep_epochs", "compute")
+
+    kind: TrainKind = "pretrain"
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    rule: RuleSpec = RuleSpec()
+    eval_batch_size: int = Field(default=512, ge=1)
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
+    source: str | None = Field(default=None, description="finetune: checkpoint path or run id to start from")
+    reset_head: bool | None = Field(default=None, description="new head; default: when the classes differ from the source's (other data set or class list)")
+    track_alignment: bool = True
     recipe: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -254,31 +262,54 @@ class TrainSpec(Spec):
 EpsPreset = Literal["paper", "wide", "cifar", "hashing"]
 
 
-class AttackSpec(Spec):
-    """An attack job against one trained run."""
+class AttackOptions(Spec):
+    """How a model is attacked: the options a recipe's attack stage sets (`AttackStage`) and each of
+    its jobs carries (`AttackSpec`). Declared once, here, like `TrainOptions`."""
 
-    LATE_FIELDS = ("precision",)
-
-    target: str = Field(description="run id (or checkpoint path) of the model to attack")
     suite: Literal["whitebox", "blackbox", "hashing", "autoattack", "all"] = "whitebox"
     attacks: tuple[str, ...] | None = Field(default=None, description="subset of the suite's attacks")
-    modes: tuple[GradientMode, ...] = ("feedback", "exact")
-    eps: tuple[float, ...] | EpsPreset = "paper"
+    modes: tuple[GradientMode, ...] | None = Field(
+        default=None, description="gradient modes; unset: the suite's (exact for autoattack, else feedback and exact)")
+    eps: tuple[float, ...] | EpsPreset | None = Field(
+        default=None, description="budgets, a list or a preset; unset: the suite's (hashing for hashing, else paper)")
     n_examples: int = Field(default=500, ge=1)
     batch_size: int = Field(default=256, ge=1)
     steps: int | None = Field(default=None, ge=1, description="iterations of iterative attacks (default per attack)")
-    surrogate: str | None = Field(default=None, description="transfer mode: run id of the BP surrogate")
     transfer_optional: bool = Field(
         default=False, description="skip transfer (with a note) when no BP sibling exists instead of failing (--mode all)"
     )
     loss: Literal["ce", "margin"] = Field(
         default="ce", description="loss of fgsm/pgd: ce (the papers') or margin (CW, does not saturate)"
     )
-    seed: int = Field(default=0, ge=0)
-    device: str = "auto"
     precision: Literal["fp32", "train"] = Field(
         default="fp32", description="fp32: gradients of the attack in full precision (a low-precision gradient "
         "can vanish or round to a weaker attack); train: autocast as the target was trained")
+
+    @field_validator("modes")
+    @classmethod
+    def _unique_modes(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError("modes repeat")
+        return v
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _eps_fractions(cls, v: object) -> object:
+        return coerce_eps(v)
+
+
+class AttackSpec(AttackOptions):
+    """An attack job against one trained run: its `AttackOptions` and what names this one job."""
+
+    LATE_FIELDS = ("precision",)
+
+    # never None on a spec: `_suite_defaults` fills an unset one in with the suite's
+    modes: tuple[GradientMode, ...] = ("feedback", "exact")
+    eps: tuple[float, ...] | EpsPreset = "paper"
+    target: str = Field(description="run id (or checkpoint path) of the model to attack")
+    surrogate: str | None = Field(default=None, description="transfer mode: run id of the BP surrogate")
+    seed: int = Field(default=0, ge=0)
+    device: str = "auto"
     recipe: str | None = None
     tags: tuple[str, ...] = ()
 
@@ -294,18 +325,6 @@ class AttackSpec(Spec):
             if data.get("eps") is None:
                 data = {**data, "eps": "hashing" if suite == "hashing" else "paper"}
         return data
-
-    @field_validator("modes")
-    @classmethod
-    def _unique_modes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        if len(set(v)) != len(v):
-            raise ValueError("modes repeat")
-        return v
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _eps_fractions(cls, v: object) -> object:
-        return coerce_eps(v)
 
 
 def first_error(err: ValidationError) -> str:

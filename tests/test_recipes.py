@@ -231,6 +231,48 @@ def test_attack_stage_takes_fractions_and_loss() -> None:
         AttackStage(eps=["-1/255"])
     with pytest.raises(ValidationError):
         AttackStage(loss="hinge")
+    with pytest.raises(ValidationError, match="modes repeat"):  # the spec's validators, at load time
+        AttackStage(modes=["exact", "exact"])
+
+
+# a value other than the default for every option a stage hands its jobs: the keys are checked to be
+# the option groups' fields, so a new option needs a value here and is then checked to reach the specs
+TRAIN_OPTIONS = {
+    "task": "hashing", "optim": {"name": "adam", "lr": 0.002}, "hashing": {"bits": 16, "loss": "dpsh"}, "epochs": 4,
+    "batch_size": 64, "deterministic": True, "select": "last", "track_grad_alignment": True, "keep_epochs": 2,
+    "compute": {"precision": "bf16", "channels_last": True, "gpus": 2},
+}
+ATTACK_OPTIONS = {
+    "suite": "blackbox", "attacks": ["square"], "modes": ["exact", "transfer"], "eps": "0,2/255", "n_examples": 9,
+    "batch_size": 3, "steps": 4, "transfer_optional": True, "loss": "margin", "precision": "train",
+}
+
+
+def test_every_stage_option_reaches_the_planned_specs() -> None:
+    from ssbench.recipes import AttackStage, Recipe, TrainStage, plan
+    from ssbench.specs import AttackOptions, TrainOptions
+
+    # a stage holds its option group and only what the planner hands on itself (a stage's data)
+    assert set(TrainStage.model_fields) == set(TrainOptions.model_fields) | {"data"}
+    assert set(AttackStage.model_fields) == set(AttackOptions.model_fields)
+    assert set(TRAIN_OPTIONS) == set(TrainOptions.model_fields)
+    assert set(ATTACK_OPTIONS) == set(AttackOptions.model_fields)
+    train, attack = TrainStage.model_validate(TRAIN_OPTIONS), AttackStage.model_validate(ATTACK_OPTIONS)
+    for stage, names in ((train, TRAIN_OPTIONS), (attack, ATTACK_OPTIONS)):
+        assert all(getattr(stage, n) != type(stage).model_fields[n].default for n in names)
+
+    recipe = Recipe.model_validate({
+        "name": "every-option", "data": {"name": "digits"}, "pretrain": TRAIN_OPTIONS,
+        "finetune": {**TRAIN_OPTIONS, "rules": ["bp", {"name": "fa", "epochs": 6}]}, "attack": ATTACK_OPTIONS,
+    })
+    jobs = plan(recipe)
+    assert sorted(j.kind for j in jobs) == ["attack", "attack", "finetune", "finetune", "pretrain"]
+    for job in jobs:
+        stage, names = (attack, ATTACK_OPTIONS) if job.kind == "attack" else (train, TRAIN_OPTIONS)
+        expected = {n: getattr(stage, n) for n in names}
+        if job.kind == "finetune" and job.spec.rule.name == "fa":
+            expected["epochs"] = 6  # the rule's own value
+        assert {n: getattr(job.spec, n) for n in names} == expected, job.label
 
 
 PER_RULE = """

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ssbench.errors import SpecError
 from ssbench.recipes.schema import AttackStage, Overrides, Recipe, Resources, TrainStage
-from ssbench.specs import AttackSpec, ModelSpec, TrainSpec
+from ssbench.specs import AttackOptions, AttackSpec, ModelSpec, Spec, TrainOptions, TrainSpec
 
 PENDING = "@pending"  # stands for the run id of the job named in Job.source
 
@@ -79,17 +79,20 @@ def describe(kind: str, spec: TrainSpec | AttackSpec, target_label: str | None =
     return f"{kind}{rule}{theta} {spec.model.name} seed {spec.seed}{limit}"
 
 
+def _options(stage: Spec, group: type[Spec]) -> dict[str, Any]:
+    """The stage's value of every field of `group`, the options its jobs' specs share with it."""
+    return {name: getattr(stage, name) for name in group.model_fields}
+
+
 def _stage_spec(stage: TrainStage, recipe: Recipe, ov: Overrides, **fields: Any) -> TrainSpec:
     data = stage.data or recipe.data
     updates = {k: v for k, v in {"train_limit": ov.train_limit, "test_limit": ov.test_limit}.items() if v is not None}
     if updates:
         data = data.replace(**updates)
-    return TrainSpec(
-        data=data, optim=stage.optim, epochs=_given(ov.epochs, stage.epochs), batch_size=stage.batch_size,
-        task=stage.task, hashing=stage.hashing, select=stage.select, deterministic=stage.deterministic,
-        track_grad_alignment=stage.track_grad_alignment, keep_epochs=stage.keep_epochs, compute=stage.compute,
-        device=_given(ov.device, recipe.device), recipe=recipe.name, tags=recipe.tags, **fields,
-    )
+    return TrainSpec(**{
+        **_options(stage, TrainOptions), "epochs": _given(ov.epochs, stage.epochs), "data": data,
+        "device": _given(ov.device, recipe.device), "recipe": recipe.name, "tags": recipe.tags, **fields,
+    })
 
 
 def _given(override: Any, default: Any) -> Any:
@@ -98,12 +101,10 @@ def _given(override: Any, default: Any) -> Any:
 
 
 def _attack_spec(recipe: Recipe, a: AttackStage, ov: Overrides, seed: int) -> AttackSpec:
-    return AttackSpec(
-        target=PENDING, suite=a.suite, attacks=a.attacks, modes=a.modes, eps=a.eps,
-        n_examples=_given(ov.n_examples, a.n_examples), batch_size=a.batch_size, steps=a.steps, loss=a.loss,
-        transfer_optional=a.transfer_optional, precision=a.precision, seed=seed, device=_given(ov.device, recipe.device), recipe=recipe.name,
-        tags=recipe.tags,
-    )
+    return AttackSpec(**{
+        **_options(a, AttackOptions), "n_examples": _given(ov.n_examples, a.n_examples), "target": PENDING,
+        "seed": seed, "device": _given(ov.device, recipe.device), "recipe": recipe.name, "tags": recipe.tags,
+    })
 
 
 AddJob = Callable[..., str]

@@ -15,35 +15,22 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ssbench.errors import SpecError
 from ssbench.specs import (
-    ComputeSpec,
+    AttackOptions,
     DataSpec,
-    EpsPreset,
-    GradientMode,
-    HashSpec,
     ModelSpec,
-    OptimSpec,
     RuleSpec,
     Spec,
-    coerce_eps,
+    TrainOptions,
     first_error,
     parse_eps_value,
 )
 
 
-class TrainStage(Spec):
-    """Training options shared by the pretrain and finetune stages (data/model default to the recipe's)."""
+class TrainStage(TrainOptions):
+    """The pretrain or finetune stage: the training options of its jobs (`TrainOptions`) and the data
+    they read (unset: the recipe's)."""
 
     data: DataSpec | None = None
-    optim: OptimSpec = OptimSpec()
-    epochs: int = Field(default=3, ge=1)
-    batch_size: int = Field(default=128, ge=1)
-    task: Literal["classification", "hashing"] = "classification"
-    hashing: HashSpec | None = None
-    select: Literal["best", "last"] = "best"
-    deterministic: bool = False
-    track_grad_alignment: bool = False
-    keep_epochs: int = Field(default=0, ge=0, description="keep the weights every N epochs (analyze trajectory)")
-    compute: ComputeSpec = ComputeSpec()
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -107,28 +94,13 @@ class FinetuneStage(TrainStage):
         """The training stage as this rule's jobs run it."""
         if not entry.overrides:
             return self
-        base = self.model_dump(exclude={"rules", "from_scratch", "reset_head"}, exclude_unset=False)
+        base = self.model_dump(include=set(TrainStage.model_fields))
         return TrainStage.model_validate(_merge(base, entry.overrides))
 
 
-class AttackStage(Spec):
-    """One attack job per trained model. Unset modes / eps take the suite's defaults (AttackSpec)."""
-
-    suite: Literal["whitebox", "blackbox", "hashing", "autoattack", "all"] = "whitebox"
-    attacks: tuple[str, ...] | None = None
-    modes: tuple[GradientMode, ...] | None = None
-    eps: tuple[float, ...] | EpsPreset | None = None
-    n_examples: int = Field(default=500, ge=1)
-    batch_size: int = Field(default=256, ge=1)
-    steps: int | None = None
-    loss: Literal["ce", "margin"] = Field(default="ce", description="fgsm/pgd loss: ce (the papers') or margin (non-saturating)")
-    transfer_optional: bool = Field(default=False, description="skip transfer mode with a note when no BP sibling exists")
-    precision: Literal["fp32", "train"] = Field(default="fp32", description="fp32, or autocast as the target was trained")
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _eps_fractions(cls, v: object) -> object:
-        return coerce_eps(v)
+class AttackStage(AttackOptions):
+    """One attack job per trained model, with these options (`AttackOptions`; unset modes / eps are
+    the suite's)."""
 
 
 class ReportStage(Spec):
