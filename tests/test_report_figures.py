@@ -35,8 +35,6 @@ CLASSES = (5, 6, 7, 8, 9)  # chance = 1/5
 EPS = (0.0, 0.05, 0.1, 0.2)
 N = 60
 LAYERS = ("conv1", "conv2", "fc1")
-KINDS = ("robust", "alignment", "training", "hessian-density", "loss-surface", "curvature-over-training", "trajectory",
-         "corruptions", "trainability")
 
 
 def val_acc(rule: str, seed: int, epoch: int) -> float:
@@ -196,7 +194,9 @@ def _inside(box: Bbox, canvas: Bbox, tol: float = 1.0) -> bool:
 
 
 def test_every_figure_kind_keeps_its_text_on_the_canvas(figures) -> None:
-    assert {_kind(stem) for stem in figures} == set(KINDS)
+    from ssbench.report.figures import FIGURES
+
+    assert {_kind(stem) for stem in figures} == {d.name for d in FIGURES}  # the store draws every registered kind
     for stem, fig in figures.items():
         texts = drawn_texts(fig)
         assert texts, stem
@@ -206,6 +206,42 @@ def test_every_figure_kind_keeps_its_text_on_the_canvas(figures) -> None:
             assert _inside(box, canvas), f"{stem}: {text!r} at {box} is cut off the saved canvas {canvas}"
             # stricter: inside the figure's own size (the layout fits; the tight box only trims margins)
             assert _inside(box, fig.bbox), f"{stem}: {text!r} at {box} lies outside the figure {fig.bbox}"
+
+
+def test_figure_names_are_unique_stem_prefixes() -> None:
+    from ssbench.report.figures import FIGURES
+
+    names = [d.name for d in FIGURES]
+    assert len(set(names)) == len(names) and all(_kind(n) == n for n in names)  # a stem's first part names its kind
+
+
+def test_a_registered_figure_kind_is_all_build_plots_draws(store, monkeypatch) -> None:
+    """One `Figure` in the registry is all a kind needs, and build_plots draws nothing the registry does not
+    list: with a new kind in its place, the files are that kind's groups (less the skipped), titled and
+    named by its definition."""
+    from ssbench.report import figures, plots
+    from ssbench.report.tables import ReportFilter
+
+    def draw(sub, title, k):  # noqa: ANN001
+        fig = plt.figure()
+        fig.suptitle(f"{title}: seeds {sorted(sub['seed'])}")
+        return fig
+
+    runs = figures.Figure("runs-per-rule", lambda fr, built: fr.store.frame_runs().query("kind == 'finetune'"), ("rule",),
+                          title=lambda k: f"Runs of {k['rule']}", stem=lambda k: (k["rule"], None), plot=draw,
+                          skip=lambda sub: (sub["rule"] == "bp").all())
+    made: dict = {}
+
+    def record(fig, out, stem):  # noqa: ANN001
+        made[stem] = fig.get_suptitle()
+        plt.close(fig)
+        return [out / f"{stem}.{fmt}" for fmt in plots.FORMATS]
+
+    monkeypatch.setattr(plots, "save_figure", record)
+    monkeypatch.setattr(figures, "FIGURES", (runs,))
+    files = figures.build_plots(store, ReportFilter(), Path("out"))
+    assert made == {f"runs-per-rule_{rule}": f"Runs of {rule}: seeds {list(SEEDS)}" for rule in RULES if rule != "bp"}
+    assert sorted(p.name for p in files) == sorted(f"{stem}.{fmt}" for stem in made for fmt in plots.FORMATS)
 
 
 def _wilson(k: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
