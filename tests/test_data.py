@@ -327,3 +327,16 @@ def test_list_retrieval_is_for_hashing_only(tmp_path: Path) -> None:
                      model=ModelSpec(name="mlp", hidden=(8,)))
     with pytest.raises(SpecError, match="multi-label retrieval data set: use --task hashing"):
         run_training(spec, open_store(f"sqlite:///{tmp_path / 'r.db'}"), quiet=True)
+
+
+@pytest.mark.parametrize("name", ["digits", "fashion-mnist"])
+def test_declared_class_count_is_the_data_sets_own(name):
+    """NUM_CLASSES (chance levels, class-id checks before loading) against the classes the loaded set has."""
+    from ssbench.data import NUM_CLASSES
+    from ssbench.errors import DataNotFoundError
+
+    try:
+        bundle = load_data(DataSpec(name=name, train_limit=50, test_limit=20))
+    except DataNotFoundError as err:  # fashion-mnist comes from Debian's dataset-fashion-mnist (make test installs it)
+        pytest.skip(f"{name} not installed here: {err}")
+    assert bundle.num_classes == len(bundle.class_names) == NUM_CLASSES[name]

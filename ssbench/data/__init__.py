@@ -91,19 +91,19 @@ def bundle_from_raw(name: str, raw: RawData, spec: DataSpec) -> DataBundle:
     )
 
 
-DATASETS.register("fashion-mnist")(_in_memory("fashion-mnist", load_fashion_mnist))
-DATASETS.register("digits")(_in_memory("digits", load_digits))
-DATASETS.register("mnist")(_in_memory("mnist", load_mnist))
-DATASETS.register("cifar10")(_in_memory("cifar10", load_cifar10))
-DATASETS.register("cifar100")(_in_memory("cifar100", load_cifar100))
+# the in-memory sets and their fixed class counts (folder and list sets define their classes on disk)
+_IN_MEMORY: dict[str, tuple[Callable[[DataSpec], RawData], int]] = {
+    "fashion-mnist": (load_fashion_mnist, 10), "digits": (load_digits, 10), "mnist": (load_mnist, 10),
+    "cifar10": (load_cifar10, 10), "cifar100": (load_cifar100, 100),
+}
+for _name, (_source, _) in _IN_MEMORY.items():
+    DATASETS.register(_name)(_in_memory(_name, _source))
+NUM_CLASSES = {name: k for name, (_, k) in _IN_MEMORY.items()}
 DATASETS.register("imagenet")(load_imagenet)
 DATASETS.register("list-retrieval")(load_list_data)
 for _alias, _label in LIST_ALIASES.items():
     DATASETS.register(_alias, help=f"{_label} as DeepHash list files in --data-dir (train.txt, test.txt, database.txt)")(load_list_data)
 
-
-# class counts of the sets with fixed classes (folder and list sets define theirs on disk)
-NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
 def check_data(spec: DataSpec) -> None:
