@@ -334,3 +334,37 @@ def test_kept_bf16_copy_of_a_fixed_B_follows_every_change_of_the_state(change: s
     after = input_grad()
     torch.testing.assert_close(after, (g.to(BF16) @ new_b.to(BF16)).float(), rtol=0, atol=0)
     assert not torch.equal(after, first)
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf"])
+def test_compiled_model_under_bf16_autocast_is_one_graph_with_the_eager_losses(rule: str) -> None:
+    """The engine's autocast questions (compute dtype in forward, the kept bf16 B) traced by dynamo:
+    one graph, no recompile, the eager bf16 losses step for step."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(11)
+    base = convert(_small_net(), rule, seed=2)
+
+    def losses(model: nn.Module) -> list[float]:
+        g = torch.Generator().manual_seed(12)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        out = []
+        for _ in range(4):
+            x, y = torch.randn(8, 1, 12, 12, generator=g), torch.randint(0, 10, (8,), generator=g)
+            opt.zero_grad()
+            with _autocast():
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    eager = losses(copy.deepcopy(base))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    try:
+        compiled = losses(torch.compile(copy.deepcopy(base), backend=counter, fullgraph=True))
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == 1
+    torch.testing.assert_close(torch.tensor(compiled), torch.tensor(eager), rtol=0, atol=1e-5)
