@@ -100,7 +100,7 @@ def _training_metrics(fr: Frames, built: Mapping[str, pd.DataFrame]) -> pd.DataF
 
 
 def _analysis(builder: Callable[..., pd.DataFrame]) -> FrameOf:
-    return lambda fr, built: builder(fr.store, fr.filter, fr.labels)
+    return lambda fr, built: fr.of(builder)
 
 
 def _lacks(column: str) -> Callable[[pd.DataFrame], bool]:

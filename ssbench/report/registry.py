@@ -56,6 +56,10 @@ class Frames:
     def __init__(self, store: Any, f: ReportFilter = ReportFilter(), eps: float | None = None) -> None:
         self.store, self.filter, self.eps = store, f, eps
 
+    def of(self, builder: Callable[..., pd.DataFrame]) -> pd.DataFrame:
+        """What a `tables` builder (store, filter, labels) gives for this report."""
+        return builder(self.store, self.filter, self.labels)
+
     @cached_property
     def labels(self) -> pd.DataFrame:
         """`tables.labels_of` the store: every run's variant labels."""
@@ -115,19 +119,21 @@ def _leaderboard_display(df: pd.DataFrame, *, std: bool = True, compact: bool = 
 
 
 SANITY_MARK = {"!": "rests on failed sanity checks (listed by ssbench report --table sanity)"}
-ROBUST_SPLITS = (("model", "dataset"), ("attack",))
+# the two sweep tables (accuracy, mAP) are shown alike
+ROBUST_TERMINAL = TerminalHints(splits=(("model", "dataset"), ("attack",)))
+ROBUST_LATEX = LatexHints(floats=("model", "dataset", "attack"), sections=())
 
 _DEFINITIONS = (
     Table("clean", "Clean test accuracy (mean ± std over seeds; n = runs; labels carry each variant's options, e.g. ifa(θ=30), "
           "mlp[256x3], dataset[classes, train=N])",
-          lambda fr: t.clean_table(fr.store, fr.filter, fr.labels), d.clean_display, percent=True,
+          lambda fr: fr.of(t.clean_table), d.clean_display, percent=True,
           terminal=TerminalHints(spare=("seeds",))),
     Table("robust", "Robust accuracy per attack x setting x gradient mode x ε: mean ± std over seeds [Wilson 95% interval of the "
           "pooled examples; none for mAP]; worst = per-example worst case over the attack's modes; worst of all / all = "
           "per-example worst case over every attack and mode run on the same examples (n/a where they differ); setting = what "
           "differs between sweeps of one attack; runs = the attack runs behind a row; '!' = failed sanity checks",
           lambda fr: _robust_rows(fr, retrieval=False), _robust_display, percent=True, marks=SANITY_MARK,
-          terminal=TerminalHints(splits=ROBUST_SPLITS), latex=LatexHints(floats=("model", "dataset", "attack"), sections=())),
+          terminal=ROBUST_TERMINAL, latex=ROBUST_LATEX),
     Table("leaderboard", "Leaderboard at one ε per rule x model x data: clean = accuracy on the attacked examples; Auto Attack = "
           "AutoAttack in exact mode; papers = PGD with the rule's feedback gradient (what the papers measured); transfer, black "
           "box = worst over their sweeps; worst = per-example worst case over every attack and mode; mean ± std over seeds "
@@ -138,32 +144,32 @@ _DEFINITIONS = (
           terminal=TerminalHints(spare=("flags", "n"), splits=(("model", "dataset"), ("epsilon",)))),
     Table("alignment", "Alignment per layer (mean ± std over seeds): angle(W, B) in degrees and |B|/|W| before training (init) and "
           "at the last epoch (final); grad angle = angle(rule's, true weight gradient) at the last epoch, when tracked",
-          lambda fr: t.alignment_table(fr.store, fr.filter, fr.labels), d.alignment_display,
+          lambda fr: fr.of(t.alignment_table), d.alignment_display,
           terminal=TerminalHints(spare=("n", "init epoch", "final epoch"))),
     Table("hashing", "Hashing: clean retrieval mAP@K and precision@K per rule x bits (mean ± std over seeds)",
-          lambda fr: t.hashing_table(fr.store, fr.filter, fr.labels), d.hashing_wide, terminal=TerminalHints(spare=("n",))),
+          lambda fr: fr.of(t.hashing_table), d.hashing_wide, terminal=TerminalHints(spare=("n",))),
     Table("hashing_attacks", "Hashing: mAP under attack per bits x gradient mode x ε",
           lambda fr: _robust_rows(fr, retrieval=True), _robust_display, part_of="hashing", marks=SANITY_MARK,
-          terminal=TerminalHints(splits=ROBUST_SPLITS), latex=LatexHints(floats=("model", "dataset", "attack"), sections=())),
+          terminal=ROBUST_TERMINAL, latex=ROBUST_LATEX),
     Table("hessian", "Hessian of the loss (ssbench analyze hessian): Hutchinson trace, top eigenvalue (Lanczos), loss; mean ± std "
           "over seeds",
-          lambda fr: t.hessian_table(fr.store, fr.filter, fr.labels), d.long_display,
+          lambda fr: fr.of(t.hessian_table), d.long_display,
           terminal=TerminalHints(spare=("seeds", "split"))),
     Table("trajectory", "Over training (ssbench analyze trajectory): loss, Hessian trace (Hutchinson) and top eigenvalue (Lanczos) "
           "at each analysed epoch's kept weights (epoch 0 = before training); mean ± std over seeds",
-          lambda fr: t.trajectory_table(fr.store, fr.filter, fr.labels), d.long_display,
+          lambda fr: fr.of(t.trajectory_table), d.long_display,
           terminal=TerminalHints(spare=("seeds", "split", "n"))),
     Table("corruptions", "Accuracy under corruptions per severity (mean ± std over seeds); mean = over severities; 'all' = over "
           "corruptions (its mean is the mCA); clean = same examples uncorrupted",
-          lambda fr: t.corruption_table(fr.store, fr.filter, fr.labels), d.corruption_wide, percent=True,
+          lambda fr: fr.of(t.corruption_table), d.corruption_wide, percent=True,
           terminal=TerminalHints(spare=("n",))),
     Table("trainability", "Trainability map (ssbench analyze trainability): final training accuracy of rules trained from scratch "
           "with W ~ N(0, weight var / fan_in) and feedback ~ N(0, feedback var / fan_in) (1 = LeCun, 2 = He); mean ± std over "
           "seeds; x = non-finite loss (chance)",
-          lambda fr: t.trainability_table(fr.store, fr.filter, fr.labels), d.trainability_wide, percent=True,
+          lambda fr: fr.of(t.trainability_table), d.trainability_wide, percent=True,
           marks={" x": "a seed's loss turned non-finite (scored at chance)"}),
     Table("sanity", "FAILED sanity checks (robustness claims above that depend on these are not supported)",
-          lambda fr: t.sanity_table(fr.store, fr.filter, fr.labels), d.sanity_display,
+          lambda fr: fr.of(t.sanity_table), d.sanity_display,
           terminal=TerminalHints(note=" (details per check: --format markdown or csv)", narrow=False)),
 )
 
